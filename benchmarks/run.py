@@ -1,0 +1,217 @@
+"""Speed and scale measurements (``make bench``). Results go to ``benchmarks/results.json``.
+
+Each benchmark repeats its measurement and reports min / median / max; comparisons are measured side
+by side in the same run. These are measurements, not tests: nothing here asserts a time.
+
+    python benchmarks/run.py                      # all
+    python benchmarks/run.py checkpoint_inject    # one
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+RESULTS = Path(__file__).with_name("results.json")
+REPEATS = int(os.environ.get("MLCHAOS_BENCH_REPEATS", "5"))
+
+
+def stats(values: list[float], digits: int = 4) -> dict[str, float]:
+    return {"min": round(min(values), digits), "median": round(statistics.median(values), digits),
+            "max": round(max(values), digits), "n": len(values)}
+
+
+def _fresh_home() -> Path:
+    home = Path(tempfile.mkdtemp(prefix="mlchaos-bench-home-"))
+    os.environ["MLCHAOS_HOME"] = str(home)
+    return home
+
+
+def _write_big_checkpoint(folder: Path, total_bytes: int, files: int = 4) -> None:
+    folder.mkdir(parents=True)
+    block = os.urandom(16 * 1024 * 1024)
+    per_file = total_bytes // files
+    for i in range(files):
+        with open(folder / f"shard-{i}.bin", "wb") as handle:
+            written = 0
+            while written < per_file:
+                chunk = block[: min(len(block), per_file - written)]
+                handle.write(chunk)
+                written += len(chunk)
+            handle.flush()
+            os.fsync(handle.fileno())
+
+
+def checkpoint_inject() -> dict[str, Any]:
+    """Inject (delete-latest) on a 2 GB checkpoint folder: quarantine by rename, against a plain copy."""
+    from mlchaos_steps.engine import restore_run, run_phase
+    from mlchaos_steps.stages import parse_stage
+
+    size = int(os.environ.get("MLCHAOS_BENCH_CHECKPOINT_BYTES", str(2 * 1024**3)))
+    work = Path(tempfile.mkdtemp(prefix="mlchaos-bench-ckpt-", dir=os.environ.get("MLCHAOS_BENCH_DIR")))
+    try:
+        store = work / "store"
+        (store / "step-100").mkdir(parents=True)
+        (store / "step-100" / "small.bin").write_bytes(os.urandom(1024))
+        _write_big_checkpoint(store / "step-200", size)
+        doc = {"kind": "CheckpointWipe", "spec": {
+            "store": store.as_uri(), "mode": "delete-latest",
+            "resume": {"command": ["true"], "max_lost_steps": 100}}}
+        stage = parse_stage(doc)
+        inject_s, copy_s, snapshot_s, restore_s = [], [], [], []
+        for i in range(REPEATS):
+            _fresh_home()
+            key = f"bench-inject-{i}"
+            t0 = time.perf_counter()
+            run_phase(stage, "snapshot", key)
+            snapshot_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            run_phase(stage, "inject", key)
+            inject_s.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            restore_run(key)
+            restore_s.append(time.perf_counter() - t0)
+            # side by side: what a copy-based backup of the same folder costs
+            t0 = time.perf_counter()
+            shutil.copytree(store / "step-200", work / "copy")
+            copy_s.append(time.perf_counter() - t0)
+            shutil.rmtree(work / "copy")
+        ratios = [c / i for c, i in zip(copy_s, inject_s, strict=True)]
+        return {
+            "what": "inject phase (delete-latest, one rename + write-ahead ledger entries) on a checkpoint folder",
+            "checkpoint_bytes": size,
+            "inject_seconds": stats(inject_s),
+            "snapshot_seconds_incl_sha256": stats(snapshot_s, 3),
+            "restore_seconds_incl_digest_check": stats(restore_s, 3),
+            "plain_copy_seconds": stats(copy_s, 3),
+            "copy_over_inject_ratio": stats(ratios, 1),
+            "target_inject_seconds_max": 0.050,
+        }
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def pod_delete_detection() -> dict[str, Any]:
+    """How long after the replacement worker first answers does pod-delete declare recovery?"""
+    from mlchaos_steps.engine import restore_run, run_phase
+    from mlchaos_steps.engine.ledger import SqliteLedger
+    from mlchaos_steps.engine.probes import http_request
+    from mlchaos_steps.examples import workloads
+    from mlchaos_steps.stages import parse_stage
+
+    server = workloads.start_server(healthy=True, workers=2)
+    lags, recoveries = [], []
+    try:
+        for i in range(REPEATS):
+            _fresh_home()
+            answered: list[tuple[float, int]] = []
+            stop = threading.Event()
+
+            def hammer(answered: list[tuple[float, int]] = answered, stop: threading.Event = stop) -> None:
+                while not stop.is_set():
+                    try:
+                        _, body, _ = http_request(server.url + "/pid", 1.0)
+                        answered.append((time.time(), json.loads(body)["pid"]))
+                    except OSError:
+                        pass
+                    time.sleep(0.002)
+
+            stage = parse_stage({"kind": "PodDelete", "spec": {
+                "target": {"local": {"selector": server.selector}}, "count": 1, "recovery_slo_s": 30,
+                "probe": {"http": {"url": server.url + "/ping"}}}})
+            key = f"bench-pod-{i}"
+            run_phase(stage, "snapshot", key)
+            originals = {pid for pid, _ in SqliteLedger().get(key).state["replicas"]}  # type: ignore[union-attr]
+            thread = threading.Thread(target=hammer, daemon=True)
+            thread.start()
+            run_phase(stage, "inject", key)
+            time.sleep(0.5)  # keep hammering after detection, to see the first answer of the new worker
+            stop.set()
+            thread.join()
+            observation = SqliteLedger().get(key).state["observation"]  # type: ignore[union-attr]
+            restore_run(key)
+            first_new = min((t for t, pid in answered if pid not in originals and t > observation["killed_at"]),
+                            default=None)
+            if first_new is None:
+                continue
+            lags.append((observation["recovered_at"] - first_new) * 1000)
+            recoveries.append(observation["recovery_seconds"])
+            time.sleep(0.3)
+    finally:
+        server.stop()
+    return {
+        "what": "recovered_at (engine) minus the first answer from the replacement worker (a client hammering "
+                "/pid every 2 ms); negative means the engine saw the worker accepting before any request landed",
+        "detection_lag_ms": stats(lags, 1),
+        "abs_detection_lag_ms_max": round(max(abs(v) for v in lags), 1) if lags else None,
+        "recovery_seconds": stats(recoveries, 3),
+        "target_lag_ms_max": 100,
+    }
+
+
+def kill_switch() -> dict[str, Any]:
+    """Seconds from touching the stop file to `mlchaos run` exiting (verify stopped, restore done)."""
+    from mlchaos_steps.engine.ledger import APPLIED, SqliteLedger
+    from mlchaos_steps.examples import workloads
+
+    latencies = []
+    for i in range(REPEATS):
+        home = _fresh_home()
+        work = Path(tempfile.mkdtemp(prefix="mlchaos-bench-ks-"))
+        store = work / "ckpts"
+        workloads.train(store, steps=200)
+        stage_file = work / "wipe.json"
+        stage_file.write_text(json.dumps({"kind": "CheckpointWipe", "spec": {
+            "store": store.as_uri(), "resume": {
+                "command": workloads.resume_command(store, steps=200, step_seconds=1.0), "max_lost_steps": 100}}}))
+        key = f"bench-ks-{i}"
+        proc = subprocess.Popen([str(Path(sys.executable).parent / "mlchaos"), "run", str(stage_file),
+                                 "--run-key", key], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while True:
+            actions = SqliteLedger().actions(key) if (home / "ledger.db").exists() else []
+            if actions and all(a.state == APPLIED for a in actions):
+                break
+            time.sleep(0.01)
+        time.sleep(0.5)  # the resume command is running now
+        t0 = time.perf_counter()
+        (home / "STOP").touch()
+        proc.wait()
+        latencies.append(time.perf_counter() - t0)
+        shutil.rmtree(work, ignore_errors=True)
+    return {"what": "stop file touched -> mlchaos run exited with verify stopped and restore done",
+            "seconds": stats(latencies, 3), "target_seconds_max": 1.0}
+
+
+BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "checkpoint_inject": checkpoint_inject,
+    "pod_delete_detection": pod_delete_detection,
+    "kill_switch": kill_switch,
+}
+
+
+def main(argv: list[str]) -> int:
+    chosen = argv or list(BENCHMARKS)
+    results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
+    results["machine"] = {"python": platform.python_version(), "platform": platform.platform(),
+                          "cpus": os.cpu_count(), "repeats": REPEATS}
+    for name in chosen:
+        print(f"== {name}", flush=True)
+        results[name] = {**BENCHMARKS[name](), "measured_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
+        print(json.dumps(results[name], indent=2), flush=True)
+        RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,194 @@
+"""The ``mlchaos`` command: what Argo steps run and what people type.
+
+Exit codes: 0 passed, 1 verdict failed, 2 bad input (nothing was touched), 3 inconclusive or an
+infrastructure error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from mlchaos_steps import __version__
+from mlchaos_steps.errors import MlchaosError, SpecError
+
+log = logging.getLogger("mlchaos")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 already; keep our message style
+        self.print_usage(sys.stderr)
+        self.exit(2, f"mlchaos: error: {message}\n")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="mlchaos", description="Chaos stages for ML pipelines, with verdicts you can gate on.")
+    parser.add_argument("--version", action="version", version=f"mlchaos-steps {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log what each phase does")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    run = sub.add_parser("run", help="run a stage file (all phases, or one)")
+    run.add_argument("stage_file")
+    run.add_argument("--phase", default="all", choices=["snapshot", "inject", "verify", "restore", "all"])
+    run.add_argument("--run-key", help="identifies this execution; a retry with the same key never injects twice")
+    run.add_argument("--dry-run", action="store_true", help="resolve targets and report; change nothing")
+    run.add_argument("--json", action="store_true", help="print the result as JSON")
+
+    restore = sub.add_parser("restore", help="put back what a run broke, from the ledger")
+    which = restore.add_mutually_exclusive_group(required=True)
+    which.add_argument("--run-key")
+    which.add_argument("--orphaned", action="store_true", help="every run a crash left unrestored")
+    restore.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
+                         help="with --orphaned: also runs nobody owns that have not moved for this long")
+    restore.add_argument("--json", action="store_true")
+
+    ledger = sub.add_parser("ledger", help="list executions and their actions")
+    ledger.add_argument("--open", action="store_true", help="only runs not yet restored")
+    ledger.add_argument("--json", action="store_true")
+
+    sub.add_parser("schema", help="print the JSON schema of stage files")
+
+    demo = sub.add_parser("demo", help="run the stages against example workloads on this machine")
+    demo.add_argument("--broken", action="store_true", help="use the deliberately broken workloads")
+    demo.add_argument("--workdir", help="where the demo keeps its files (default: a temporary folder)")
+    return parser
+
+
+def _print(data: Any) -> None:
+    print(json.dumps(data, indent=2, default=str))
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from mlchaos_steps.engine import run_phase, run_stage
+    from mlchaos_steps.engine.phases import new_run_key
+    from mlchaos_steps.stages import load_stages
+
+    stages = load_stages(args.stage_file)
+    if args.phase != "all" and not args.run_key:
+        raise SpecError("--run-key", "is required with --phase: the phases of one run share it")
+    base_key = args.run_key or new_run_key()
+    keys = [base_key] if len(stages) == 1 else [f"{base_key}.{i}.{s.stage_id}" for i, s in enumerate(stages)]
+    results, code = [], 0
+    for stage, key in zip(stages, keys, strict=True):
+        if args.phase == "all":
+            outcome = run_stage(stage, key, dry_run=args.dry_run)
+            results.append({
+                "run_key": key, "stage": stage.stage_id, "verdict": outcome.verdict.status,
+                "reason": outcome.verdict.reason, "metrics": outcome.verdict.metrics,
+                "restored": outcome.restored, "restore_error": outcome.restore_error,
+                "journal": str(outcome.journal) if outcome.journal else None,
+                **({"plan": outcome.verdict.evidence} if args.dry_run else {}),
+            })
+            code = max(code, 0 if args.dry_run else outcome.exit_code)
+        else:
+            result = run_phase(stage, args.phase, key, dry_run=args.dry_run)
+            entry: dict[str, Any] = {"run_key": key, "stage": stage.stage_id, "phase": args.phase,
+                                     "status": result.status, "output": result.output}
+            if result.verdict:
+                entry.update(verdict=result.verdict.status, reason=result.verdict.reason)
+                code = max(code, result.verdict.exit_code)
+            results.append(entry)
+    if args.json:
+        _print(results if len(results) > 1 else results[0])
+    else:
+        _table(results)
+    return code
+
+
+def _table(results: list[dict[str, Any]]) -> None:
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title="mlchaos")
+    for column in ("stage", "run key", "result", "detail"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        if "verdict" in r and "phase" not in r:
+            result = r["verdict"] if "plan" not in r else "dry-run"
+            detail = r["reason"] if "plan" not in r else json.dumps(r["plan"], default=str)
+            if not r.get("restored", True):
+                detail += f" | RESTORE FAILED: {r['restore_error']}"
+        else:
+            result = r.get("verdict") or f"{r['phase']}: {r['status']}"
+            detail = r.get("reason") or json.dumps(r["output"], default=str)
+        style = {"passed": "green", "failed": "red", "inconclusive": "yellow"}.get(result, "")
+        table.add_row(r["stage"], r["run_key"], f"[{style}]{result}[/]" if style else result, detail)
+    Console(soft_wrap=False).print(table)
+
+
+def _cmd_restore(args: argparse.Namespace) -> int:
+    from mlchaos_steps.engine import restore_orphaned, restore_run
+
+    if args.orphaned:
+        results = restore_orphaned(older_than_s=args.older_than)
+        _print(results if args.json else {"restored_runs": results})
+        return 3 if any("error" in r for r in results) else 0
+    _print(restore_run(args.run_key))
+    return 0
+
+
+def _cmd_ledger(args: argparse.Namespace) -> int:
+    from mlchaos_steps.engine.ledger import default_ledger
+
+    ledger = default_ledger()
+    executions = ledger.open_executions() if args.open else ledger.executions()
+    rows = [{
+        "run_key": e.run_key, "stage": e.stage_id, "status": e.status, "verdict": e.verdict,
+        "actions": {a.state: sum(1 for b in ledger.actions(e.run_key) if b.state == a.state)
+                    for a in ledger.actions(e.run_key)},
+    } for e in executions]
+    if args.json:
+        _print(rows)
+        return 0
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"ledger {ledger.path}")
+    for column in ("run key", "stage", "status", "verdict", "actions"):
+        table.add_column(column, overflow="fold")
+    for r in rows:
+        actions = ", ".join(f"{k}: {v}" for k, v in r["actions"].items()) or "-"
+        table.add_row(r["run_key"], r["stage"], r["status"], r["verdict"] or "-", actions)
+    Console().print(table)
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from mlchaos_steps.stages import stage_schema
+
+    _print(stage_schema())
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from mlchaos_steps.demo import run_demo
+
+    return run_demo(broken=args.broken, workdir=args.workdir)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    handler = {"run": _cmd_run, "restore": _cmd_restore, "ledger": _cmd_ledger, "schema": _cmd_schema,
+               "demo": _cmd_demo}[args.command]
+    try:
+        return handler(args)
+    except MlchaosError as exc:
+        print(f"mlchaos: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except Exception as exc:  # an unexpected failure is an infrastructure error, never a pass
+        log.debug("unexpected error", exc_info=True)
+        print(f"mlchaos: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        return 3
+    except KeyboardInterrupt:
+        print("mlchaos: interrupted: run `mlchaos restore --orphaned` if anything was left broken", file=sys.stderr)
+        return 3
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,86 @@
+"""What a phase function gets: the run key, the ledger, and safe ways to break and wait."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mlchaos_steps import config
+from mlchaos_steps.engine.journal import redact
+from mlchaos_steps.engine.ledger import APPLIED, Action, Execution, SqliteLedger
+from mlchaos_steps.errors import KillSwitchEngaged
+
+KILL_SWITCH_POLL_S = 0.1
+
+
+def run_dir_name(run_key: str) -> str:
+    """A file-system-safe folder name for a run key (Airflow run ids hold ':' and '+')."""
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", run_key)[:80].strip("._") or "run"
+    return f"{slug}-{hashlib.sha256(run_key.encode()).hexdigest()[:10]}"
+
+
+def check_kill_switch() -> None:
+    reason = config.kill_switch_reason()
+    if reason:
+        raise KillSwitchEngaged(f"kill switch engaged: {reason}")
+
+
+@dataclass
+class PhaseContext:
+    """Handed to every phase: run key, ledger, the execution record, and the dry-run flag."""
+
+    run_key: str
+    ledger: SqliteLedger
+    execution: Execution | None = None
+    dry_run: bool = False
+    activities: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def state(self) -> dict[str, Any]:
+        """What earlier phases recorded (targets, digests, timings), from the ledger."""
+        return self.execution.state if self.execution else {}
+
+    def save(self, **state: Any) -> None:
+        """Merge values into the execution's state in the ledger, durably, right now."""
+        self.execution = self.ledger.update(self.run_key, state=redact(state))
+
+    @property
+    def run_dir(self) -> Path:
+        path = config.home() / "runs" / run_dir_name(self.run_key)
+        path.mkdir(parents=True, exist_ok=True)
+        return path
+
+    @contextmanager
+    def destructive(self, kind: str, target: str, undo: dict[str, Any]) -> Iterator[Action]:
+        """Write-ahead: the action and its undo record reach the ledger before the body breaks anything.
+
+        The body may refine ``action.undo`` (e.g. a digest of what it wrote); the action is marked
+        ``applied`` when the body returns. If the body raises, the action stays ``planned`` and restore
+        inspects the world to find out how far it got.
+        """
+        check_kill_switch()
+        action = self.ledger.plan_action(self.run_key, kind, target, undo)
+        yield action
+        self.ledger.mark_action(action, APPLIED, undo=action.undo)
+
+    def sleep(self, seconds: float) -> None:
+        """Sleep, but give up within a tenth of a second of the kill switch being engaged."""
+        deadline = time.monotonic() + seconds
+        while True:
+            check_kill_switch()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            time.sleep(min(left, KILL_SWITCH_POLL_S))
+
+    def record(self, name: str, kind: str, started: float, output: Any, status: str = "succeeded") -> None:
+        """Record one activity for the Chaos Toolkit-compatible journal."""
+        self.activities.append(
+            {"name": name, "type": kind, "start": started, "end": time.time(), "output": output, "status": status}
+        )

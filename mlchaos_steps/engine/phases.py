@@ -1,0 +1,334 @@
+"""The four phases: snapshot, inject, verify, restore. Each runs alone in a fresh process.
+
+Phases share state only through the ledger, keyed by the run key. ``run_stage`` runs all four in one
+process with restore in a ``finally``.
+
+Example::
+
+    from mlchaos_steps.engine import run_stage
+    from mlchaos_steps.stages import load_stages
+
+    outcome = run_stage(load_stages("stages/wipe.yaml")[0], run_key="nightly-2026-11-27")
+    print(outcome.verdict.status, outcome.verdict.reason)
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import traceback
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mlchaos_steps.engine.context import PhaseContext, check_kill_switch
+from mlchaos_steps.engine.journal import redact, write_journal
+from mlchaos_steps.engine.ledger import (
+    APPLIED,
+    INJECTED,
+    PLANNED,
+    RESTORE_FAILED,
+    RESTORED,
+    SNAPSHOTTED,
+    UNDO_FAILED,
+    UNDONE,
+    VERIFIED,
+    Execution,
+    SqliteLedger,
+    default_ledger,
+    owner_alive,
+)
+from mlchaos_steps.engine.locks import target_locks
+from mlchaos_steps.engine.verdict import Verdict
+from mlchaos_steps.errors import KillSwitchEngaged, MlchaosError, RestoreError, SpecError
+from mlchaos_steps.stages import StageSpec, stage_class
+
+log = logging.getLogger("mlchaos")
+
+Phase = Literal["snapshot", "inject", "verify", "restore"]
+PHASES: tuple[Phase, ...] = ("snapshot", "inject", "verify", "restore")
+
+
+@dataclass
+class PhaseResult:
+    """What one phase did. ``status`` is ``ok``, ``skipped`` (already done under this run key) or ``dry-run``."""
+
+    phase: str
+    run_key: str
+    status: str
+    output: dict[str, Any] = field(default_factory=dict)
+    verdict: Verdict | None = None
+    journal: Path | None = None
+
+
+@dataclass
+class StageOutcome:
+    """The result of all four phases of one stage."""
+
+    run_key: str
+    stage_id: str
+    verdict: Verdict
+    restored: bool
+    restore_error: str | None = None
+    journal: Path | None = None
+    phases: list[PhaseResult] = field(default_factory=list)
+
+    @property
+    def exit_code(self) -> int:
+        return 3 if not self.restored else self.verdict.exit_code
+
+
+def new_run_key() -> str:
+    return f"adhoc-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
+
+
+def _journal(execution: Execution, ledger: SqliteLedger) -> Path:
+    ctx = PhaseContext(execution.run_key, ledger, execution)
+    return write_journal(execution, stage_class(execution.kind).title, ctx.run_dir / "journal.json")
+
+
+def _record(ledger: SqliteLedger, run_key: str, phase: str, started: float, phase_status: str,
+            output: dict[str, Any] | None = None, error: str | None = None, **update: Any) -> Execution:
+    record = {"start": started, "end": time.time(), "status": phase_status, "output": redact(output or {})}
+    if error:
+        record["error"] = error
+    return ledger.update(run_key, phase=(phase, record), **update)
+
+
+def _ledger_spec(stage: StageSpec) -> dict[str, Any]:
+    """The spec as the ledger keeps it: secret-looking values redacted."""
+    return redact(stage.document()["spec"])  # type: ignore[no-any-return]
+
+
+def _same_spec(execution: Execution, stage: StageSpec) -> None:
+    if execution.kind != stage.kind or execution.spec != _ledger_spec(stage):
+        raise SpecError(
+            "--run-key",
+            f"run key {execution.run_key!r} was used for a different stage spec: give each stage its own run key",
+        )
+
+
+def run_phase(
+    stage: StageSpec, phase: Phase, run_key: str, *, dry_run: bool = False, ledger: SqliteLedger | None = None,
+    _hold_owner: bool = False,
+) -> PhaseResult:
+    """Run one phase of a stage under a run key. Safe to retry: a done phase is not done twice."""
+    if phase not in PHASES:
+        raise SpecError("--phase", f"unknown phase {phase!r}: use one of {', '.join(PHASES)} or all")
+    if not run_key:
+        raise SpecError("--run-key", "is required to run a single phase: phases share state through it")
+    if phase == "restore":
+        output = restore_run(run_key, ledger=ledger)
+        return PhaseResult("restore", run_key, "ok", output)
+    ledger = ledger or default_ledger()
+    if dry_run:
+        if phase != "snapshot":
+            return PhaseResult(phase, run_key, "dry-run", {"note": "dry run: nothing to do after snapshot"})
+        plan = stage.plan(PhaseContext(run_key, ledger, None, dry_run=True))
+        return PhaseResult("snapshot", run_key, "dry-run", redact(plan))
+    func = {"snapshot": _snapshot, "inject": _inject, "verify": _verify}[phase]
+    try:
+        return func(stage, run_key, ledger)
+    finally:
+        # Between phases nobody owns the run; `restore --orphaned` tells a crash by a dead owner.
+        if not _hold_owner and ledger.get(run_key):
+            ledger.release_owner(run_key)
+
+
+def _snapshot(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult:
+    existing = ledger.get(run_key)
+    if existing:
+        _same_spec(existing, stage)
+        if existing.phases.get("snapshot", {}).get("status") == "ok":
+            return PhaseResult("snapshot", run_key, "skipped", {"note": "snapshot already taken under this run key"})
+        if existing.status == RESTORED:
+            return PhaseResult("snapshot", run_key, "skipped", {"note": "this run key already finished"})
+    check_kill_switch()
+    execution = ledger.create(run_key, stage.kind, stage.stage_id, _ledger_spec(stage))
+    ledger.claim(run_key)
+    ctx = PhaseContext(run_key, ledger, execution)
+    started = time.time()
+    try:
+        with target_locks(stage.target_ids()):
+            for target_id in stage.target_ids():
+                ledger.acquire_lease(target_id, run_key)
+            output = stage.snapshot(ctx)
+    except BaseException as exc:
+        # Snapshot changes nothing in the world: close the execution so the target is free again.
+        _record(ledger, run_key, "snapshot", started, "failed", error=_describe(exc), status=RESTORED)
+        ledger.release_leases(run_key)
+        _journal(ledger.get(run_key), ledger)  # type: ignore[arg-type]
+        raise
+    execution = _record(ledger, run_key, "snapshot", started, "ok", output, status=SNAPSHOTTED)
+    return PhaseResult("snapshot", run_key, "ok", output, journal=_journal(execution, ledger))
+
+
+def _inject(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult:
+    execution = ledger.get(run_key)
+    if execution is None or execution.phases.get("snapshot", {}).get("status") != "ok":
+        raise SpecError("--phase inject", f"no snapshot for run key {run_key!r}: run `--phase snapshot` first")
+    _same_spec(execution, stage)
+    if execution.status in (RESTORED, RESTORE_FAILED):
+        raise SpecError("--run-key", f"run key {run_key!r} was already restored: use a new run key")
+    if ledger.actions(run_key) or execution.phases.get("inject", {}).get("status") == "ok":
+        return PhaseResult("inject", run_key, "skipped",
+                           {"note": "already injected under this run key: retries never inject twice"})
+    check_kill_switch()
+    ledger.claim(run_key)
+    ctx = PhaseContext(run_key, ledger, execution)
+    started = time.time()
+    try:
+        with target_locks(stage.target_ids()):
+            output = stage.inject(ctx)
+    except BaseException as exc:
+        _record(ledger, run_key, "inject", started, "failed", error=_describe(exc))
+        _journal(ledger.get(run_key), ledger)  # type: ignore[arg-type]
+        raise
+    execution = _record(ledger, run_key, "inject", started, "ok", output, status=INJECTED)
+    return PhaseResult("inject", run_key, "ok", output, journal=_journal(execution, ledger))
+
+
+def _verify(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult:
+    execution = ledger.get(run_key)
+    if execution is None:
+        raise SpecError("--phase verify", f"no execution for run key {run_key!r}: run snapshot and inject first")
+    _same_spec(execution, stage)
+    ledger.claim(run_key)
+    started = time.time()
+    error = None
+    if execution.phases.get("inject", {}).get("status") != "ok":
+        verdict = Verdict.inconclusive("the fault was not injected (inject did not complete), so nothing was tested")
+    else:
+        ctx = PhaseContext(run_key, ledger, execution)
+        try:
+            verdict = stage.verify(ctx)
+            verdict = verdict.model_copy(update={"evidence": redact(verdict.evidence)})
+        except KillSwitchEngaged as exc:
+            error = str(exc)
+            verdict = Verdict.inconclusive(f"verification stopped: {exc}")
+        except Exception as exc:  # fail closed: an error while judging is never a pass
+            error = _describe(exc)
+            verdict = Verdict.inconclusive(f"verification could not finish: {exc}")
+    execution = _record(
+        ledger, run_key, "verify", started, "ok" if error is None else "failed",
+        verdict.model_dump(mode="json"), error=error,
+        status=VERIFIED if execution.status not in (RESTORED, RESTORE_FAILED) else None,
+        verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"),
+    )
+    return PhaseResult("verify", run_key, "ok", verdict.model_dump(mode="json"), verdict=verdict,
+                       journal=_journal(execution, ledger))
+
+
+def restore_run(run_key: str, *, ledger: SqliteLedger | None = None) -> dict[str, Any]:
+    """Undo everything the run broke, from the ledger alone. Idempotent; ignores the kill switch."""
+    ledger = ledger or default_ledger()
+    execution = ledger.get(run_key)
+    if execution is None:
+        return {"restored": 0, "note": f"nothing recorded under run key {run_key!r}"}
+    cls = stage_class(execution.kind)
+    ctx = PhaseContext(run_key, ledger, execution)
+    started = time.time()
+    pending = [a for a in ledger.actions(run_key) if a.state in (PLANNED, APPLIED, UNDO_FAILED)]
+    done, errors = [], []
+    try:
+        target_ids = cls.model_validate(execution.spec).target_ids()
+    except Exception:  # a spec written by an older version: lock nothing rather than fail to restore
+        target_ids = []
+    with target_locks(target_ids):
+        for action in reversed(pending):
+            try:
+                result = cls.restore_action(action, ctx)
+            except Exception as exc:
+                ledger.mark_action(action, UNDO_FAILED, error=str(exc))
+                errors.append(f"{action.kind} {action.target}: {exc}")
+                log.error("restore of %s %s failed: %s", action.kind, action.target, exc)
+            else:
+                ledger.mark_action(action, UNDONE)
+                done.append({"action": action.kind, "target": action.target, **result})
+    output = {"restored": len(done), "actions": done, "errors": errors}
+    if errors:
+        execution = _record(ledger, run_key, "restore", started, "failed", output, error="; ".join(errors),
+                            status=RESTORE_FAILED)
+        _journal(execution, ledger)
+        raise RestoreError(
+            f"restore of run {run_key!r} is incomplete: {'; '.join(errors)}. Nothing was deleted; "
+            f"fix the cause and run `mlchaos restore --run-key {run_key}` again"
+        )
+    ledger.release_leases(run_key)
+    execution = _record(ledger, run_key, "restore", started, "ok", output, status=RESTORED)
+    _journal(execution, ledger)
+    return output
+
+
+def restore_orphaned(*, older_than_s: float = 3600.0, ledger: SqliteLedger | None = None) -> list[dict[str, Any]]:
+    """Restore every run an earlier crash left unrestored.
+
+    A run is orphaned when the process working on it died, or when no process owns it and it has not
+    moved for ``older_than_s`` (a pipeline that stopped between phases).
+    """
+    ledger = ledger or default_ledger()
+    results = []
+    now = time.time()
+    for execution in ledger.open_executions():
+        if execution.owner_pid:
+            if owner_alive(execution.owner_pid, execution.owner_started):
+                continue
+        elif now - execution.updated_at < older_than_s:
+            continue
+        try:
+            results.append({"run_key": execution.run_key, **restore_run(execution.run_key, ledger=ledger)})
+        except MlchaosError as exc:
+            results.append({"run_key": execution.run_key, "error": str(exc)})
+    return results
+
+
+def run_stage(
+    stage: StageSpec, run_key: str | None = None, *, dry_run: bool = False, ledger: SqliteLedger | None = None
+) -> StageOutcome:
+    """Run snapshot, inject and verify, then always restore. A finished run key returns its recorded verdict."""
+    ledger = ledger or default_ledger()
+    run_key = run_key or new_run_key()
+    if dry_run:
+        plan = run_phase(stage, "snapshot", run_key, dry_run=True, ledger=ledger)
+        verdict = Verdict.inconclusive("dry run: targets resolved, nothing was broken", evidence=plan.output)
+        return StageOutcome(run_key, stage.stage_id, verdict, restored=True, phases=[plan])
+    existing = ledger.get(run_key)
+    if existing and existing.status == RESTORED and existing.verdict_detail:
+        _same_spec(existing, stage)
+        return StageOutcome(run_key, stage.stage_id, Verdict.model_validate(existing.verdict_detail), True,
+                            journal=_journal(existing, ledger))
+    results: list[PhaseResult] = []
+    verdict: Verdict | None = None
+    restore_error = None
+    try:
+        for phase in ("snapshot", "inject", "verify"):
+            results.append(run_phase(stage, phase, run_key, ledger=ledger, _hold_owner=True))
+        result = results[-1]
+        results.append(result)
+        verdict = result.verdict
+    except KillSwitchEngaged as exc:
+        verdict = Verdict.inconclusive(f"stopped: {exc}")
+    except SpecError:
+        raise
+    except MlchaosError as exc:
+        verdict = Verdict.inconclusive(f"infrastructure error: {exc}")
+    finally:
+        try:
+            results.append(PhaseResult("restore", run_key, "ok", restore_run(run_key, ledger=ledger)))
+        except MlchaosError as exc:
+            restore_error = str(exc)
+        if ledger.get(run_key):
+            ledger.release_owner(run_key)
+    assert verdict is not None
+    execution = ledger.get(run_key)
+    if execution and execution.verdict != verdict.status:
+        execution = ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
+    journal = _journal(execution, ledger) if execution else None
+    return StageOutcome(run_key, stage.stage_id, verdict, restore_error is None, restore_error, journal, results)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, MlchaosError):
+        return str(exc)
+    return "".join(traceback.format_exception_only(type(exc), exc)).strip()

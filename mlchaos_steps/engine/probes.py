@@ -1,0 +1,114 @@
+"""Probes sampled while a fault is in place: HTTP availability and latency.
+
+Each HTTP sample opens a fresh connection, so that requests spread over every replica behind a
+shared socket rather than sticking to one through keep-alive.
+"""
+
+from __future__ import annotations
+
+import http.client
+import math
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+
+@dataclass(frozen=True)
+class Sample:
+    at: float  # wall-clock time the request started
+    ok: bool
+    latency_ms: float
+    detail: str  # status code or error class
+
+
+def http_request(url: str, timeout_s: float, method: str = "GET", body: bytes | None = None,
+                 headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
+    """One request on a fresh connection: (status, body, headers)."""
+    parts = urlsplit(url)
+    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
+    conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
+    try:
+        path = parts.path or "/"
+        if parts.query:
+            path += "?" + parts.query
+        conn.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
+        response = conn.getresponse()
+        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
+    finally:
+        conn.close()
+
+
+def sample_once(url: str, timeout_s: float, expect_status: int | None = None) -> Sample:
+    started, t0 = time.time(), time.perf_counter()
+    try:
+        status, _, _ = http_request(url, timeout_s)
+        ok = status == expect_status if expect_status else 200 <= status < 400
+        detail = str(status)
+    except (OSError, http.client.HTTPException) as exc:
+        ok, detail = False, type(exc).__name__
+    return Sample(started, ok, (time.perf_counter() - t0) * 1000, detail)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile (q in 0..100)."""
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    rank = max(1, math.ceil(q / 100 * len(ordered)))
+    return ordered[rank - 1]
+
+
+def summarize(samples: list[Sample]) -> dict[str, Any]:
+    latencies = [s.latency_ms for s in samples if s.ok]
+    errors: dict[str, int] = {}
+    for s in samples:
+        if not s.ok:
+            errors[s.detail] = errors.get(s.detail, 0) + 1
+    return {
+        "requests": len(samples),
+        "successes": sum(s.ok for s in samples),
+        "success_ratio": (sum(s.ok for s in samples) / len(samples)) if samples else None,
+        "p50_ms": round(percentile(latencies, 50), 3) if latencies else None,
+        "p99_ms": round(percentile(latencies, 99), 3) if latencies else None,
+        "errors": errors,
+    }
+
+
+class HttpSampler:
+    """Samples a URL in a background thread until stopped.
+
+    Example::
+
+        with HttpSampler("http://127.0.0.1:5001/ping", interval_s=0.05) as sampler:
+            ...  # break something
+        print(summarize(sampler.samples))
+    """
+
+    def __init__(self, url: str, interval_s: float = 0.05, timeout_s: float = 2.0, expect_status: int | None = None):
+        self.url, self.interval_s, self.timeout_s, self.expect_status = url, interval_s, timeout_s, expect_status
+        self.samples: list[Sample] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="mlchaos-http-probe", daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            started = time.perf_counter()
+            self.samples.append(sample_once(self.url, self.timeout_s, self.expect_status))
+            self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - started)))
+
+    def start(self) -> HttpSampler:
+        self._thread.start()
+        return self
+
+    def stop(self) -> list[Sample]:
+        self._stop.set()
+        self._thread.join(timeout=self.timeout_s + 1)
+        return list(self.samples)
+
+    def __enter__(self) -> HttpSampler:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

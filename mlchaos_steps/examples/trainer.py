@@ -1,0 +1,147 @@
+"""A small real trainer that checkpoints, and a deliberately broken variant.
+
+A scikit-learn ``SGDClassifier`` learns a synthetic task with ``partial_fit``, one mini-batch per step.
+Every ``--checkpoint-every`` steps it writes ``step-<N>/`` atomically (temporary folder, fsync, rename)
+holding ``model.pkl`` and ``manifest.json`` with the pickle's sha256, then points ``latest`` at it.
+
+``--resume`` (healthy): resume from the newest checkpoint whose digest checks out.
+``--broken``: trust the ``latest`` pointer without checking digests, and start from zero when the
+checkpoint it names is missing: the bug the checkpoint-wipe stage exists to catch.
+
+Both print ``{"mlchaos_resumed_from_step": N}`` when resuming, the contract of the checkpoint-wipe stage.
+
+Example::
+
+    python -m mlchaos_steps.examples.trainer --store /tmp/ckpts --steps 500 --checkpoint-every 100
+    python -m mlchaos_steps.examples.trainer --store /tmp/ckpts --steps 500 --resume
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import pickle
+import re
+import shutil
+import sys
+import time
+from pathlib import Path
+
+STEP_NAME = re.compile(r"step-(\d+)")
+
+
+def _data(step: int, batch: int = 64):
+    import numpy as np
+
+    rng = np.random.default_rng(step)
+    x = rng.normal(size=(batch, 8))
+    y = (x[:, 0] + 0.5 * x[:, 1] - x[:, 2] > 0).astype(int)
+    return x, y
+
+
+def _new_model():
+    from sklearn.linear_model import SGDClassifier
+
+    return SGDClassifier(loss="log_loss", random_state=0)
+
+
+def save_checkpoint(store: Path, step: int, model) -> Path:
+    """Write ``step-<N>/`` atomically and point ``latest`` at it."""
+    payload = pickle.dumps({"step": step, "model": model})
+    final = store / f"step-{step}"
+    tmp = store / f".tmp-step-{step}-{os.getpid()}"
+    tmp.mkdir(parents=True)
+    (tmp / "model.pkl").write_bytes(payload)
+    (tmp / "manifest.json").write_text(json.dumps({"step": step, "sha256": hashlib.sha256(payload).hexdigest()}))
+    for file in tmp.iterdir():
+        with open(file, "rb") as handle:
+            os.fsync(handle.fileno())
+    if final.exists():
+        shutil.rmtree(final)
+    os.rename(tmp, final)
+    latest_tmp = store / ".latest.tmp"
+    latest_tmp.write_text(final.name)
+    os.replace(latest_tmp, store / "latest")
+    return final
+
+
+def load_intact(path: Path):
+    """Load a checkpoint after checking its digest; None when it is damaged or incomplete."""
+    try:
+        manifest = json.loads((path / "manifest.json").read_text())
+        payload = (path / "model.pkl").read_bytes()
+    except (OSError, ValueError):
+        return None
+    if hashlib.sha256(payload).hexdigest() != manifest.get("sha256"):
+        return None
+    return pickle.loads(payload)
+
+
+def newest_intact(store: Path):
+    checkpoints = sorted(
+        (int(m.group(1)), p) for p in store.iterdir() if (m := STEP_NAME.fullmatch(p.name)) and p.is_dir()
+    )
+    for _step, path in reversed(checkpoints):
+        state = load_intact(path)
+        if state is not None:
+            return state
+        print(f"checkpoint {path.name} is damaged: skipping it", file=sys.stderr)
+    return None
+
+
+def broken_resume(store: Path):
+    """The bug: trust ``latest`` blindly; start from zero when it names a missing checkpoint."""
+    pointer = store / "latest"
+    if not pointer.exists():
+        return None
+    path = store / pointer.read_text().strip()
+    if not path.exists():
+        return None
+    match = STEP_NAME.fullmatch(path.name)
+    # It announces the step before loading, as trainers that trust a pointer do; a damaged pickle
+    # then crashes it, or worse, loads.
+    print(json.dumps({"mlchaos_resumed_from_step": int(match.group(1)) if match else 0}), flush=True)
+    return pickle.loads((path / "model.pkl").read_bytes())
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--store", required=True, type=Path)
+    parser.add_argument("--steps", type=int, default=500, help="train until this step")
+    parser.add_argument("--checkpoint-every", type=int, default=100)
+    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--broken", action="store_true", help="resume the wrong way (see module doc)")
+    parser.add_argument("--no-save", action="store_true", help="train without writing checkpoints")
+    parser.add_argument("--step-seconds", type=float, default=0.0, help="pretend each step takes this long")
+    args = parser.parse_args(argv)
+    args.store.mkdir(parents=True, exist_ok=True)
+
+    model, start = _new_model(), 0
+    if args.resume:
+        if args.broken:
+            state = broken_resume(args.store)
+            if state is None:
+                print(json.dumps({"mlchaos_resumed_from_step": 0}), flush=True)
+        else:
+            state = newest_intact(args.store)
+            print(json.dumps({"mlchaos_resumed_from_step": int(state["step"]) if state else 0}), flush=True)
+        if state is not None:
+            model, start = state["model"], int(state["step"])
+
+    for step in range(start + 1, args.steps + 1):
+        x, y = _data(step)
+        model.partial_fit(x, y, classes=[0, 1])
+        if args.step_seconds:
+            time.sleep(args.step_seconds)
+        if step % args.checkpoint_every == 0 and not args.no_save:
+            save_checkpoint(args.store, step, model)
+    x, y = _data(10**6, batch=2000)
+    accuracy = float(model.score(x, y)) if hasattr(model, "coef_") else 0.0
+    print(json.dumps({"trained_to_step": max(args.steps, start), "accuracy": round(accuracy, 4)}), flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,61 @@
+"""What every stage is: a validated spec that knows its four phases.
+
+A stage module holds one ``StageSpec`` subclass. Its fields are the YAML ``spec:`` mapping; its
+methods are the phases. ``restore_action`` is a classmethod because restore must work from the
+ledger alone, after a crash, without the process that injected the fault.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any, ClassVar
+
+from pydantic import BaseModel, ConfigDict
+
+if TYPE_CHECKING:
+    from mlchaos_steps.engine.context import PhaseContext
+    from mlchaos_steps.engine.ledger import Action
+    from mlchaos_steps.engine.verdict import Verdict
+
+
+class StageSpec(BaseModel):
+    """Base class of stage specs. Subclasses set ``kind``, ``stage_id`` and ``title``."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    kind: ClassVar[str]
+    stage_id: ClassVar[str]
+    title: ClassVar[str]
+
+    def document(self) -> dict[str, Any]:
+        """The spec as the ``{kind, spec}`` mapping a stage file holds."""
+        return {"kind": self.kind, "spec": self.model_dump(mode="json", exclude_none=True)}
+
+    def describe(self) -> str:
+        """One line for people: what this stage breaks."""
+        return self.title
+
+    # -- phases -----------------------------------------------------------------------------------
+    def plan(self, ctx: PhaseContext) -> dict[str, Any]:
+        """Resolve targets and check safety rules without changing anything (``--dry-run``)."""
+        raise NotImplementedError
+
+    def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
+        """Resolve targets, check safety, record the steady state, back up what inject destroys."""
+        raise NotImplementedError
+
+    def inject(self, ctx: PhaseContext) -> dict[str, Any]:
+        """Apply the fault; every destructive step goes through ``ctx.destructive`` first."""
+        raise NotImplementedError
+
+    def verify(self, ctx: PhaseContext) -> Verdict:
+        """Observe recovery and judge it."""
+        raise NotImplementedError
+
+    @classmethod
+    def restore_action(cls, action: Action, ctx: PhaseContext) -> dict[str, Any]:
+        """Undo one ledger action; idempotent: a second call finds nothing to do."""
+        raise NotImplementedError
+
+    def target_ids(self) -> list[str]:
+        """Stable names of what this stage breaks, for the per-target lease and file lock."""
+        raise NotImplementedError

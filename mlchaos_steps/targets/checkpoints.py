@@ -1,0 +1,205 @@
+"""Checkpoint stores through fsspec: listing, confinement, digests, quarantine and damage.
+
+A store is a folder (any fsspec URL); each direct child whose name matches the stage's pattern is
+one checkpoint, a file or a folder. Quarantine lives inside the store (``.mlchaos-quarantine/``) so
+that on a local disk it is a rename on the same file system: a multi-GB checkpoint costs no copy.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import posixpath
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from mlchaos_steps import config
+from mlchaos_steps.errors import InfrastructureError, RestoreError, SafetyError, SpecError
+
+QUARANTINE_DIR = ".mlchaos-quarantine"
+CHUNK = 8 * 1024 * 1024
+# Roots that are never a checkpoint store, even when someone points at them.
+FORBIDDEN_ROOTS = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin",
+                   "/sys", "/usr", "/var", "/home", "/tmp"}
+
+
+@dataclass(frozen=True)
+class Checkpoint:
+    """One checkpoint: a direct child of the store."""
+
+    name: str
+    step: int
+    path: str
+    is_dir: bool
+
+
+def check_store_url(url: str, field: str = "spec.store") -> None:
+    """Static checks, done when the spec is built: no '..', not a root."""
+    protocol, _, path = url.partition("://") if "://" in url else ("file", "", url)
+    if ".." in path.replace("\\", "/").split("/"):
+        raise SafetyError(field, f"{url!r} contains '..': give the store's real path, without '..'")
+    if protocol in ("file", "local") and posixpath.normpath("/" + path.lstrip("/")) in FORBIDDEN_ROOTS:
+        raise SafetyError(field, f"{url!r} is not allowed: point it at the folder that holds your checkpoints")
+    if not path.strip("/"):
+        raise SafetyError(field, f"{url!r} is not allowed: point it at the folder that holds your checkpoints")
+
+
+class CheckpointStore:
+    """A checkpoint store behind an fsspec URL.
+
+    Example::
+
+        store = CheckpointStore("file:///data/ckpts")
+        newest = store.checkpoints(r"step-(\\d+)")[-1]
+    """
+
+    def __init__(self, url: str):
+        import fsspec
+        from fsspec.implementations.local import LocalFileSystem
+
+        check_store_url(url)
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url)
+        except (ImportError, ValueError) as exc:
+            raise SpecError("spec.store", f"cannot open {url!r}: {exc}") from None
+        self.url = url
+        self.local = isinstance(self.fs, LocalFileSystem)
+        self.root = root.rstrip("/") or "/"
+        if self.local:
+            real = os.path.realpath(self.root)
+            if real in FORBIDDEN_ROOTS or real == str(Path.home()):
+                raise SafetyError("spec.store", f"{url!r} resolves to {real}, which is not allowed: "
+                                                "point it at the folder that holds your checkpoints")
+            allowed = config.allowed_paths()
+            if allowed and not any(Path(real).is_relative_to(a) for a in allowed):
+                raise SafetyError("spec.store", f"{real} is outside MLCHAOS_ALLOWED_PATHS: add it there or "
+                                                "choose a store inside the allowed paths")
+            self.real_root = real
+        if not self.fs.isdir(self.root):
+            raise SpecError("spec.store", f"{url!r} is not a folder: point it at the folder that holds your "
+                                          "checkpoints")
+
+    def join(self, *parts: str) -> str:
+        return posixpath.join(self.root, *parts)
+
+    # -- reading ----------------------------------------------------------------------------------
+    def checkpoints(self, pattern: str) -> list[Checkpoint]:
+        """Direct children whose names fully match ``pattern``, oldest first by step."""
+        regex = re.compile(pattern)
+        found = []
+        for info in self.fs.ls(self.root, detail=True):
+            name = posixpath.basename(info["name"].rstrip("/"))
+            match = regex.fullmatch(name)
+            if not match or name == QUARANTINE_DIR:
+                continue
+            path = self.join(name)
+            self.check_confined(path)
+            found.append(Checkpoint(name, int(match.group(1)), path, info["type"] == "directory"))
+        return sorted(found, key=lambda c: (c.step, c.name))
+
+    def check_confined(self, path: str) -> None:
+        """Refuse a checkpoint that is, or holds, a symlink leading outside the store."""
+        if not self.local:
+            return
+        candidates = [path]
+        if os.path.isdir(path) and not os.path.islink(path):
+            for folder, dirs, files in os.walk(path):
+                candidates += [os.path.join(folder, n) for n in dirs + files]
+        for candidate in candidates:
+            if os.path.islink(candidate):
+                target = os.path.realpath(candidate)
+                if not (target == self.real_root or target.startswith(self.real_root + os.sep)):
+                    raise SafetyError(
+                        "spec.store",
+                        f"{candidate} is a symlink to {target}, outside the store {self.real_root}: "
+                        "chaos stays inside the store; remove the link or point the store elsewhere",
+                    )
+
+    def exists(self, path: str) -> bool:
+        return bool(self.fs.exists(path))
+
+    def files(self, path: str) -> list[str]:
+        """Every file of a checkpoint (itself, for a file checkpoint), sorted."""
+        if self.fs.isdir(path):
+            return sorted(f for f in self.fs.find(path) if posixpath.basename(f) != "registered_model_meta")
+        return [path]
+
+    def digest(self, path: str) -> str:
+        """sha256 over a checkpoint: its relative file names, sizes and contents."""
+        outer = hashlib.sha256()
+        base = path.rstrip("/")
+        for file in self.files(path):
+            rel = posixpath.relpath(file, base) if file != base else "."
+            inner = hashlib.sha256()
+            with self.fs.open(file, "rb") as handle:
+                while chunk := handle.read(CHUNK):
+                    inner.update(chunk)
+            outer.update(f"{rel}\0{inner.hexdigest()}\n".encode())
+        return outer.hexdigest()
+
+    def size_bytes(self, path: str) -> int:
+        return sum(int(self.fs.size(f)) for f in self.files(path))
+
+    # -- changing ---------------------------------------------------------------------------------
+    def quarantine_path(self, run_dir: str, name: str) -> str:
+        return self.join(QUARANTINE_DIR, run_dir, name)
+
+    def move(self, src: str, dst: str, expected_digest: str | None = None) -> None:
+        """Move a checkpoint. Local: one rename. Elsewhere: copy, check the copy's digest, then delete."""
+        self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
+        if self.local:
+            os.rename(src, dst)
+            return
+        self.fs.copy(src, dst, recursive=self.fs.isdir(src))
+        if expected_digest is not None and self.digest(dst) != expected_digest:
+            self.fs.rm(dst, recursive=True)
+            raise InfrastructureError(f"the copy of {src} at {dst} does not match its digest: nothing was deleted")
+        self.fs.rm(src, recursive=True)
+
+    def remove(self, path: str) -> None:
+        self.fs.rm(path, recursive=self.fs.isdir(path))
+
+    def write_damaged(self, source: str, dest: str, mode: str) -> dict[str, Any]:
+        """Write a damaged copy of the checkpoint at ``source`` to ``dest``.
+
+        ``truncate`` keeps the first half (at most 4 MiB) of the largest file; ``corrupt`` flips
+        bytes spread through it. Other files of a folder checkpoint are hard-linked where the store
+        allows it, so only the damaged file costs I/O.
+        """
+        files = self.files(source)
+        victim = max(files, key=lambda f: (int(self.fs.size(f)), f))
+        base = source.rstrip("/")
+        for file in files:
+            rel = posixpath.relpath(file, base) if file != base else ""
+            out = posixpath.join(dest, rel) if rel else dest
+            self.fs.makedirs(posixpath.dirname(out), exist_ok=True)
+            if file == victim:
+                self._damage(file, out, mode)
+            elif self.local:
+                os.link(file, out)
+            else:
+                self.fs.copy(file, out)
+        return {"damaged_file": posixpath.relpath(victim, base) if victim != base else posixpath.basename(base)}
+
+    def _damage(self, src: str, dst: str, mode: str) -> None:
+        size = int(self.fs.size(src))
+        with self.fs.open(src, "rb") as reader, self.fs.open(dst, "wb") as writer:
+            if mode == "truncate":
+                keep = min(size // 2, 4 * 1024 * 1024)
+                writer.write(reader.read(keep))
+                return
+            # corrupt: same size, 64-byte runs inverted at eight places through the file
+            offsets = {int(size * k / 9) for k in range(1, 9)} if size else set()
+            position = 0
+            while chunk := reader.read(CHUNK):
+                data = bytearray(chunk)
+                for off in offsets:
+                    for i in range(off, off + 64):
+                        if position <= i < position + len(data):
+                            data[i - position] ^= 0xFF
+                writer.write(bytes(data))
+                position += len(chunk)
+        if size and mode == "corrupt" and self.digest(dst) == self.digest(src):
+            raise RestoreError(f"corrupting {src} left it unchanged")

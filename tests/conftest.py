@@ -1,0 +1,108 @@
+"""Shared fixtures: a fresh MLCHAOS_HOME per test, real trainers, real servers, the real CLI."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from mlchaos_steps.examples import workloads
+
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(autouse=True)
+def mlchaos_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    home = tmp_path / "mlchaos-home"
+    monkeypatch.setenv("MLCHAOS_HOME", str(home))
+    monkeypatch.delenv("MLCHAOS_DISABLED", raising=False)
+    monkeypatch.delenv("MLCHAOS_ALLOWED_PATHS", raising=False)
+    return home
+
+
+def tree_digests(root: Path) -> dict[str, str]:
+    """sha256 of every file under root (relative paths), to compare the world before and after."""
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*")) if p.is_file()
+    }
+
+
+def checkpoint_digests(store: Path) -> dict[str, str]:
+    """Digests of everything in a store except mlchaos's own quarantine folder."""
+    return {k: v for k, v in tree_digests(store).items() if not k.startswith(".mlchaos-quarantine")}
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Path:
+    """A checkpoint store written by the real example trainer: step-100 .. step-500."""
+    path = tmp_path / "ckpts"
+    workloads.train(path, steps=500, checkpoint_every=100)
+    return path
+
+
+@pytest.fixture
+def healthy_server(tmp_path: Path) -> Iterator[workloads.ExampleServer]:
+    server = workloads.start_server(healthy=True, workers=2, log_path=tmp_path / "server.log")
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def fragile_server(tmp_path: Path) -> Iterator[workloads.ExampleServer]:
+    server = workloads.start_server(healthy=False, workers=2, log_path=tmp_path / "fragile.log")
+    yield server
+    server.stop()
+
+
+def wipe_doc(store: Path, mode: str = "delete-latest", broken: bool = False, **spec: Any) -> dict[str, Any]:
+    resume = spec.pop("resume", None) or {
+        "command": workloads.resume_command(store, broken=broken), "max_lost_steps": 200,
+    }
+    return {"kind": "CheckpointWipe", "spec": {
+        "store": store.as_uri(), "pattern": r"step-(\d+)", "mode": mode, "count": 1, "resume": resume, **spec,
+    }}
+
+
+def pod_doc(server: workloads.ExampleServer, **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "target": {"local": {"selector": server.selector}}, "count": 1, "signal": "SIGKILL",
+        "recovery_slo_s": 20 if server.healthy else 3,
+        "probe": {"http": {"url": server.url + "/ping", "min_success_ratio": 0.95}},
+    }
+    base.update(spec)
+    return {"kind": "PodDelete", "spec": base}
+
+
+def write_stage(path: Path, *docs: dict[str, Any]) -> Path:
+    path.write_text(yaml.safe_dump_all(list(docs)))
+    return path
+
+
+def mlchaos(*args: str, timeout: float = 180, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the real CLI in a fresh process."""
+    return subprocess.run(
+        [str(BIN / "mlchaos"), *args], capture_output=True, text=True, timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
+
+
+def mlchaos_json(*args: str, **kw: Any) -> tuple[int, Any]:
+    proc = mlchaos(*args, "--json", **kw)
+    assert proc.stdout.strip(), f"no output; stderr: {proc.stderr}"
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def replica_pids(server: workloads.ExampleServer) -> list[int]:
+    from mlchaos_steps.targets import local
+
+    roots = local.find_roots(str(server.selector["cmdline"]), dict(server.selector["env"]))  # type: ignore[arg-type]
+    return [r.pid for r in local.replicas_of([r.pid for r in roots])]
