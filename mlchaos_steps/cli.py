@@ -37,6 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-key", help="identifies this execution; a retry with the same key never injects twice")
     run.add_argument("--dry-run", action="store_true", help="resolve targets and report; change nothing")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
+    run.add_argument("--model", help="registered MLflow model whose version gets the verdict tags")
+    run.add_argument("--version", dest="model_version", help="that model's version number or @alias")
 
     restore = sub.add_parser("restore", help="put back what a run broke, from the ledger")
     which = restore.add_mutually_exclusive_group(required=True)
@@ -45,6 +47,15 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
                          help="with --orphaned: also runs nobody owns that have not moved for this long")
     restore.add_argument("--json", action="store_true")
+
+    gate = sub.add_parser("gate", help="move the alias only when every required stage passed on this version")
+    gate.add_argument("--model", required=True)
+    gate.add_argument("--version", required=True, help="a version number or @alias")
+    gate.add_argument("--require", required=True, help="comma-separated stage ids, e.g. checkpoint-wipe,pod-delete")
+    gate.add_argument("--alias", default="champion")
+    gate.add_argument("--no-artifact-check", action="store_true",
+                      help="skip checking that the version's artifacts are whole")
+    gate.add_argument("--json", action="store_true")
 
     ledger = sub.add_parser("ledger", help="list executions and their actions")
     ledger.add_argument("--open", action="store_true", help="only runs not yet restored")
@@ -75,7 +86,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     results, code = [], 0
     for stage, key in zip(stages, keys, strict=True):
         if args.phase == "all":
-            outcome = run_stage(stage, key, dry_run=args.dry_run)
+            outcome = run_stage(stage, key, dry_run=args.dry_run, model=args.model, version=args.model_version)
             results.append({
                 "run_key": key, "stage": stage.stage_id, "verdict": outcome.verdict.status,
                 "reason": outcome.verdict.reason, "metrics": outcome.verdict.metrics,
@@ -85,7 +96,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
             })
             code = max(code, 0 if args.dry_run else outcome.exit_code)
         else:
-            result = run_phase(stage, args.phase, key, dry_run=args.dry_run)
+            result = run_phase(stage, args.phase, key, dry_run=args.dry_run, model=args.model,
+                               version=args.model_version)
             entry: dict[str, Any] = {"run_key": key, "stage": stage.stage_id, "phase": args.phase,
                                      "status": result.status, "output": result.output}
             if result.verdict:
@@ -131,6 +143,25 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_gate(args: argparse.Namespace) -> int:
+    from mlchaos_steps.gate import promote
+
+    require = [r.strip() for r in args.require.split(",") if r.strip()]
+    decision = promote(args.model, args.version, require, alias=args.alias,
+                       check_artifacts=not args.no_artifact_check)
+    result = {"model": decision.model, "version": decision.version, "alias": decision.alias,
+              "decision": "promoted" if decision.promoted else "blocked", "reason": decision.reason,
+              "verdicts": decision.verdicts, "previous_version": decision.previous_version}
+    if args.json:
+        _print(result)
+    else:
+        colour = "green" if decision.promoted else "red"
+        from rich.console import Console
+
+        Console().print(f"[{colour}]{result['decision']}[/] {decision.model} v{decision.version}: {decision.reason}")
+    return decision.exit_code
+
+
 def _cmd_ledger(args: argparse.Namespace) -> int:
     from mlchaos_steps.engine.ledger import default_ledger
 
@@ -174,8 +205,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    handler = {"run": _cmd_run, "restore": _cmd_restore, "ledger": _cmd_ledger, "schema": _cmd_schema,
-               "demo": _cmd_demo}[args.command]
+    handler = {"run": _cmd_run, "restore": _cmd_restore, "gate": _cmd_gate, "ledger": _cmd_ledger,
+               "schema": _cmd_schema, "demo": _cmd_demo}[args.command]
     try:
         return handler(args)
     except MlchaosError as exc:

@@ -106,3 +106,36 @@ def replica_pids(server: workloads.ExampleServer) -> list[int]:
 
     roots = local.find_roots(str(server.selector["cmdline"]), dict(server.selector["env"]))  # type: ignore[arg-type]
     return [r.pid for r in local.replicas_of([r.pid for r in roots])]
+
+
+@pytest.fixture(scope="session")
+def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[workloads.TrackingServer]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifact root) for the session."""
+    server = workloads.start_tracking_server(tmp_path_factory.mktemp("mlflow-server"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def mlflow_server(tracking_server: workloads.TrackingServer, monkeypatch: pytest.MonkeyPatch) -> str:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
+    return tracking_server.url
+
+
+@pytest.fixture
+def model_name() -> str:
+    import uuid
+
+    return f"churn-{uuid.uuid4().hex[:8]}"
+
+
+@pytest.fixture
+def two_versions(mlflow_server: str, model_name: str) -> tuple[str, str, str]:
+    """Version 1 is @champion, version 2 is @challenger: both real scikit-learn models."""
+    from mlchaos_steps.examples.models import register_sklearn
+    from mlchaos_steps.targets.mlflow import client
+
+    v1, v2 = register_sklearn(model_name), register_sklearn(model_name)
+    client().set_registered_model_alias(model_name, "champion", v1)
+    client().set_registered_model_alias(model_name, "challenger", v2)
+    return model_name, v1, v2

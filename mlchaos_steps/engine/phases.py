@@ -111,9 +111,13 @@ def _same_spec(execution: Execution, stage: StageSpec) -> None:
 
 def run_phase(
     stage: StageSpec, phase: Phase, run_key: str, *, dry_run: bool = False, ledger: SqliteLedger | None = None,
-    _hold_owner: bool = False,
+    model: str | None = None, version: str | None = None, _hold_owner: bool = False,
 ) -> PhaseResult:
-    """Run one phase of a stage under a run key. Safe to retry: a done phase is not done twice."""
+    """Run one phase of a stage under a run key. Safe to retry: a done phase is not done twice.
+
+    ``model`` and ``version`` (a number or ``@alias``) name the MLflow model version the verdict is
+    written onto after ``verify``; stages about a model version (registry, canary) default to theirs.
+    """
     if phase not in PHASES:
         raise SpecError("--phase", f"unknown phase {phase!r}: use one of {', '.join(PHASES)} or all")
     if not run_key:
@@ -127,9 +131,10 @@ def run_phase(
             return PhaseResult(phase, run_key, "dry-run", {"note": "dry run: nothing to do after snapshot"})
         plan = stage.plan(PhaseContext(run_key, ledger, None, dry_run=True))
         return PhaseResult("snapshot", run_key, "dry-run", redact(plan))
-    func = {"snapshot": _snapshot, "inject": _inject, "verify": _verify}[phase]
     try:
-        return func(stage, run_key, ledger)
+        if phase == "verify":
+            return _verify(stage, run_key, ledger, model, version)
+        return {"snapshot": _snapshot, "inject": _inject}[phase](stage, run_key, ledger)
     finally:
         # Between phases nobody owns the run; `restore --orphaned` tells a crash by a dead owner.
         if not _hold_owner and ledger.get(run_key):
@@ -189,7 +194,8 @@ def _inject(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult
     return PhaseResult("inject", run_key, "ok", output, journal=_journal(execution, ledger))
 
 
-def _verify(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult:
+def _verify(stage: StageSpec, run_key: str, ledger: SqliteLedger, model: str | None = None,
+            version: str | None = None) -> PhaseResult:
     execution = ledger.get(run_key)
     if execution is None:
         raise SpecError("--phase verify", f"no execution for run key {run_key!r}: run snapshot and inject first")
@@ -216,8 +222,53 @@ def _verify(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult
         status=VERIFIED if execution.status not in (RESTORED, RESTORE_FAILED) else None,
         verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"),
     )
-    return PhaseResult("verify", run_key, "ok", verdict.model_dump(mode="json"), verdict=verdict,
-                       journal=_journal(execution, ledger))
+    journal = _journal(execution, ledger)
+    ctx = PhaseContext(run_key, ledger, execution)
+    try:
+        ref = _model_ref(stage, ctx, model, version)
+        if ref is not None or model is not None or _mlflow_configured():
+            verdict, execution = _report(stage, ctx, verdict, ref, journal)
+            journal = _journal(execution, ledger)
+    except SpecError:
+        raise
+    except Exception as exc:  # the verdict could not be recorded: the gate would see nothing, so fail closed
+        log.error("could not record the verdict of %s in MLflow: %s", run_key, exc)
+        verdict = Verdict.inconclusive(f"the verdict ({verdict.status}) could not be recorded in MLflow: {exc}",
+                                       metrics=verdict.metrics, evidence=verdict.evidence)
+        execution = ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
+        journal = _journal(execution, ledger)
+    return PhaseResult("verify", run_key, "ok", verdict.model_dump(mode="json"), verdict=verdict, journal=journal)
+
+
+def _mlflow_configured() -> bool:
+    """Evidence runs are logged whenever a tracking server is configured, even with no model version."""
+    import os
+
+    return bool(os.environ.get("MLFLOW_TRACKING_URI"))
+
+
+def _model_ref(stage: StageSpec, ctx: PhaseContext, model: str | None, version: str | None) -> Any:
+    if model is None and version is None:
+        return stage.model_ref(ctx)
+    if not model or not version:
+        raise SpecError("--model/--version", "give both the registered model name and its version (or @alias)")
+    from mlchaos_steps.targets.mlflow import resolve_version
+
+    return resolve_version(model, version, field="--version")
+
+
+def _report(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, ref: Any, journal: Path
+            ) -> tuple[Verdict, Execution]:
+    """Log the evidence run and, when a model version is known, put the verdict tags on it."""
+    from mlchaos_steps.gate.verdicts import log_execution, record_verdict
+
+    assert ctx.execution is not None
+    run_id = log_execution(stage.stage_id, stage.kind, ctx.execution.spec, verdict, ctx.run_key, journal, ref)
+    state: dict[str, Any] = {"mlflow_run_id": run_id}
+    if ref is not None:
+        record_verdict(ref, stage.stage_id, verdict, run_id, ctx.run_key)
+        state["model_version"] = {"name": ref.name, "version": ref.version}
+    return verdict, ctx.ledger.update(ctx.run_key, state=state)
 
 
 def restore_run(run_key: str, *, ledger: SqliteLedger | None = None) -> dict[str, Any]:
@@ -246,7 +297,13 @@ def restore_run(run_key: str, *, ledger: SqliteLedger | None = None) -> dict[str
             else:
                 ledger.mark_action(action, UNDONE)
                 done.append({"action": action.kind, "target": action.target, **result})
-    output = {"restored": len(done), "actions": done, "errors": errors}
+        checks: dict[str, Any] = {}
+        if not errors and done:
+            try:
+                checks = cls.after_restore(ctx)
+            except Exception as exc:
+                errors.append(f"after restore: {exc}")
+    output = {"restored": len(done), "actions": done, "errors": errors, **({"checks": checks} if checks else {})}
     if errors:
         execution = _record(ledger, run_key, "restore", started, "failed", output, error="; ".join(errors),
                             status=RESTORE_FAILED)
@@ -257,7 +314,14 @@ def restore_run(run_key: str, *, ledger: SqliteLedger | None = None) -> dict[str
         )
     ledger.release_leases(run_key)
     execution = _record(ledger, run_key, "restore", started, "ok", output, status=RESTORED)
-    _journal(execution, ledger)
+    journal = _journal(execution, ledger)
+    if execution.state.get("mlflow_run_id"):
+        try:
+            from mlchaos_steps.gate.verdicts import upload_journal
+
+            upload_journal(execution.state["mlflow_run_id"], journal)
+        except Exception as exc:  # the evidence run keeps the journal as of verify
+            log.warning("could not upload the final journal of %s: %s", run_key, exc)
     return output
 
 
@@ -284,7 +348,8 @@ def restore_orphaned(*, older_than_s: float = 3600.0, ledger: SqliteLedger | Non
 
 
 def run_stage(
-    stage: StageSpec, run_key: str | None = None, *, dry_run: bool = False, ledger: SqliteLedger | None = None
+    stage: StageSpec, run_key: str | None = None, *, dry_run: bool = False, ledger: SqliteLedger | None = None,
+    model: str | None = None, version: str | None = None,
 ) -> StageOutcome:
     """Run snapshot, inject and verify, then always restore. A finished run key returns its recorded verdict."""
     ledger = ledger or default_ledger()
@@ -302,8 +367,15 @@ def run_stage(
     verdict: Verdict | None = None
     restore_error = None
     try:
+        if model or version:  # resolve an @alias once, before anything breaks
+            from mlchaos_steps.targets.mlflow import resolve_version
+
+            if not model or not version:
+                raise SpecError("--model/--version", "give both the registered model name and its version")
+            version = resolve_version(model, version, field="--version").version
         for phase in ("snapshot", "inject", "verify"):
-            results.append(run_phase(stage, phase, run_key, ledger=ledger, _hold_owner=True))
+            results.append(run_phase(stage, phase, run_key, ledger=ledger, model=model, version=version,
+                                     _hold_owner=True))
         result = results[-1]
         results.append(result)
         verdict = result.verdict
@@ -311,8 +383,9 @@ def run_stage(
         verdict = Verdict.inconclusive(f"stopped: {exc}")
     except SpecError:
         raise
-    except MlchaosError as exc:
-        verdict = Verdict.inconclusive(f"infrastructure error: {exc}")
+    except Exception as exc:  # fail closed: anything unexpected is an infrastructure error, never a pass
+        log.error("stage %s run %s: %s", stage.stage_id, run_key, _describe(exc))
+        verdict = Verdict.inconclusive(f"infrastructure error: {_describe(exc)}")
     finally:
         try:
             results.append(PhaseResult("restore", run_key, "ok", restore_run(run_key, ledger=ledger)))

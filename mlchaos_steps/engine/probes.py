@@ -21,6 +21,7 @@ class Sample:
     ok: bool
     latency_ms: float
     detail: str  # status code or error class
+    backend: str = ""  # which backend a router sent it to (x-mlchaos-backend), when it says
 
 
 def http_request(url: str, timeout_s: float, method: str = "GET", body: bytes | None = None,
@@ -40,15 +41,20 @@ def http_request(url: str, timeout_s: float, method: str = "GET", body: bytes | 
         conn.close()
 
 
-def sample_once(url: str, timeout_s: float, expect_status: int | None = None) -> Sample:
+def sample_once(url: str, timeout_s: float, expect_status: int | None = None, body: bytes | None = None) -> Sample:
+    """One request (POST with JSON when ``body`` is given) on a fresh connection."""
     started, t0 = time.time(), time.perf_counter()
+    backend = ""
     try:
-        status, _, _ = http_request(url, timeout_s)
+        if body is None:
+            status, _, headers = http_request(url, timeout_s)
+        else:
+            status, _, headers = http_request(url, timeout_s, "POST", body, {"Content-Type": "application/json"})
         ok = status == expect_status if expect_status else 200 <= status < 400
-        detail = str(status)
+        detail, backend = str(status), headers.get("x-mlchaos-backend", "")
     except (OSError, http.client.HTTPException) as exc:
         ok, detail = False, type(exc).__name__
-    return Sample(started, ok, (time.perf_counter() - t0) * 1000, detail)
+    return Sample(started, ok, (time.perf_counter() - t0) * 1000, detail, backend)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -86,26 +92,32 @@ class HttpSampler:
         print(summarize(sampler.samples))
     """
 
-    def __init__(self, url: str, interval_s: float = 0.05, timeout_s: float = 2.0, expect_status: int | None = None):
+    def __init__(self, url: str, interval_s: float = 0.05, timeout_s: float = 2.0, expect_status: int | None = None,
+                 body: bytes | None = None, clients: int = 1):
         self.url, self.interval_s, self.timeout_s, self.expect_status = url, interval_s, timeout_s, expect_status
+        self.body = body
         self.samples: list[Sample] = []
         self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="mlchaos-http-probe", daemon=True)
+        # Several clients, so one slow request (a hanging backend) does not stop the others sampling.
+        self._threads = [threading.Thread(target=self._run, name=f"mlchaos-http-probe-{i}", daemon=True)
+                         for i in range(clients)]
 
     def _run(self) -> None:
         while not self._stop.is_set():
             started = time.perf_counter()
-            self.samples.append(sample_once(self.url, self.timeout_s, self.expect_status))
+            self.samples.append(sample_once(self.url, self.timeout_s, self.expect_status, self.body))
             self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - started)))
 
     def start(self) -> HttpSampler:
-        self._thread.start()
+        for thread in self._threads:
+            thread.start()
         return self
 
     def stop(self) -> list[Sample]:
         self._stop.set()
-        self._thread.join(timeout=self.timeout_s + 1)
-        return list(self.samples)
+        for thread in self._threads:
+            thread.join(timeout=self.timeout_s + 1)
+        return sorted(self.samples, key=lambda s: s.at)
 
     def __enter__(self) -> HttpSampler:
         return self.start()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -111,3 +112,129 @@ def resume_command(store: Path, steps: int = 500, broken: bool = False, save: bo
     if step_seconds:
         argv += ["--step-seconds", str(step_seconds)]
     return argv
+
+
+@dataclass
+class ModelServer:
+    """``mlflow models serve`` of one model URI on 127.0.0.1."""
+
+    port: int
+    model_uri: str
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_model_server(model_uri: str, port: int | None = None, log_path: Path | None = None,
+                       env: dict[str, str] | None = None) -> ModelServer:
+    """``mlflow models serve --env-manager local``; waits for ``/ping`` (about 5 s)."""
+    from mlchaos_steps.targets.mlflow import tracking_uri
+
+    port = port or free_port()
+    argv = [str(venv_bin() / "mlflow"), "models", "serve", "-m", model_uri, "-p", str(port), "-h", "127.0.0.1",
+            "--env-manager", "local", "-w", "1"]
+    full_env = {**os.environ, "MLFLOW_TRACKING_URI": tracking_uri(), **(env or {}),
+                "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    server = ModelServer(port, model_uri, process)
+    _wait_for(server.url + "/ping", process, 90)
+    return server
+
+
+@dataclass
+class CanaryRouter:
+    port: int
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            self.process.terminate()
+            self.process.wait(timeout=10)
+
+
+def start_router(stable: str, canary: str, canary_weight: int = 30, analysis: dict[str, object] | None = None,
+                 model: str | None = None, version: str | None = None, canary_pid: int | None = None,
+                 rollback: bool = True, log_path: Path | None = None) -> CanaryRouter:
+    """The reference canary router (``mlchaos_steps.rollouts.router``); ``rollback=False`` runs no analysis."""
+    port = free_port()
+    argv = [sys.executable, "-m", "mlchaos_steps.rollouts.router", "--port", str(port), "--stable", stable,
+            "--canary", canary, "--canary-weight", str(canary_weight),
+            "--analysis", json.dumps(analysis or {"interval_s": 0.5, "count": 10_000})]
+    if model and version:
+        argv += ["--model", model, "--version", version]
+    if canary_pid:
+        argv += ["--canary-pid", str(canary_pid)]
+    if not rollback:
+        argv.append("--no-analysis")
+    out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
+    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    router = CanaryRouter(port, process)
+    _wait_for(router.url + "/mlchaos/state", process, 30)
+    return router
+
+
+def _wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"{process.args} exited with {process.returncode}")
+        try:
+            if http_request(url, 1.0)[0] == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
+
+
+@dataclass
+class TrackingServer:
+    """``mlflow server`` on 127.0.0.1 with a SQLite backend and a local artifact root."""
+
+    port: int
+    root: Path
+    process: subprocess.Popen[bytes] = field(repr=False)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.killpg(self.process.pid, signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.process.pid, signal.SIGKILL)
+                self.process.wait()
+
+
+def start_tracking_server(root: Path, port: int | None = None) -> TrackingServer:
+    root.mkdir(parents=True, exist_ok=True)
+    port = port or free_port()
+    argv = [str(venv_bin() / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
+            "--default-artifact-root", (root / "artifacts").as_uri(), "--no-serve-artifacts"]
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
+           "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
+    process = subprocess.Popen(argv, env=env, stdout=open(root / "server.log", "ab"),  # noqa: SIM115
+                               stderr=subprocess.STDOUT, start_new_session=True)
+    server = TrackingServer(port, root, process)
+    _wait_for(server.url + "/health", process, 90)
+    return server

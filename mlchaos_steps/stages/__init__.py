@@ -26,6 +26,8 @@ from mlchaos_steps.stages.base import StageSpec
 STAGE_KINDS: dict[str, str] = {
     "CheckpointWipe": "mlchaos_steps.stages.checkpoint_wipe:CheckpointWipe",
     "PodDelete": "mlchaos_steps.stages.pod_delete:PodDelete",
+    "RegistryArtifactRemoval": "mlchaos_steps.stages.registry_artifact_removal:RegistryArtifactRemoval",
+    "CanaryFailure": "mlchaos_steps.stages.canary_failure:CanaryFailure",
 }
 
 __all__ = ["STAGE_KINDS", "StageSpec", "load_stages", "parse_stage", "stage_class", "stage_schema"]

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
     from mlchaos_steps.engine.context import PhaseContext
     from mlchaos_steps.engine.ledger import Action
     from mlchaos_steps.engine.verdict import Verdict
+    from mlchaos_steps.targets.mlflow import ModelRef
 
 
 class StageSpec(BaseModel):
@@ -55,6 +56,15 @@ class StageSpec(BaseModel):
     def restore_action(cls, action: Action, ctx: PhaseContext) -> dict[str, Any]:
         """Undo one ledger action; idempotent: a second call finds nothing to do."""
         raise NotImplementedError
+
+    @classmethod
+    def after_restore(cls, ctx: PhaseContext) -> dict[str, Any]:
+        """A check once every action is undone (e.g. the model loads again); raise RestoreError if not."""
+        return {}
+
+    def model_ref(self, ctx: PhaseContext) -> ModelRef | None:
+        """The model version this stage is about, when the stage itself names one (verdicts go there)."""
+        return None
 
     def target_ids(self) -> list[str]:
         """Stable names of what this stage breaks, for the per-target lease and file lock."""

@@ -1,0 +1,120 @@
+"""The promotion gate: move the alias only when every required stage passed on that exact version.
+
+Fails closed: a ``failed``, ``inconclusive`` or missing verdict blocks, and a blocked gate never moves
+anything. Either way it writes ``mlchaos.gate`` (promoted|blocked) and ``mlchaos.gate.reason``. Gates
+on one model are serialised by a lock; a version that loses the alias to a later promotion is tagged
+``superseded``, so exactly one version carries ``mlchaos.gate=promoted``: the one the alias points to.
+
+Example::
+
+    from mlchaos_steps.gate import promote
+    decision = promote("churn-classifier", "7", require=["checkpoint-wipe", "pod-delete"])
+    print(decision.promoted, decision.reason)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from dataclasses import dataclass, field
+
+from filelock import FileLock
+
+from mlchaos_steps import config
+from mlchaos_steps.errors import InfrastructureError, SpecError
+from mlchaos_steps.gate.integrity import artifacts_intact
+from mlchaos_steps.targets.mlflow import client, is_unreachable, resolve_version, tracking_uri
+
+PREVIOUS_ALIAS = "previous_champion"
+
+
+@dataclass
+class GateDecision:
+    """What the gate decided, and why."""
+
+    model: str
+    version: str
+    alias: str
+    promoted: bool
+    reason: str
+    verdicts: dict[str, str | None] = field(default_factory=dict)
+    previous_version: str | None = None
+    decide_seconds: float = 0.0
+
+    @property
+    def exit_code(self) -> int:
+        return 0 if self.promoted else 1
+
+
+def decide(tags: dict[str, str], require: list[str]) -> tuple[bool, str, dict[str, str | None]]:
+    """Pure decision over a version's tags: every required stage must be ``passed``."""
+    verdicts = {stage: tags.get(f"mlchaos.{stage}.verdict") for stage in require}
+    problems = []
+    for stage, verdict in verdicts.items():
+        if verdict is None:
+            problems.append(f"{stage}: no verdict")
+        elif verdict != "passed":
+            reason = tags.get(f"mlchaos.{stage}.reason", "")
+            problems.append(f"{stage}: {verdict}" + (f" ({reason[:200]})" if reason else ""))
+    if problems:
+        return False, "blocked: " + "; ".join(problems), verdicts
+    return True, "every required stage passed: " + ", ".join(require), verdicts
+
+
+def _lock(model: str) -> FileLock:
+    key = hashlib.sha256(f"{tracking_uri()}|{model}".encode()).hexdigest()[:24]
+    folder = config.home() / "locks"
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(str(folder / f"gate-{key}.lock"))
+
+
+def promote(model: str, version: str, require: list[str], alias: str = "champion",
+            check_artifacts: bool = True) -> GateDecision:
+    """Decide and, when every required verdict passed, move ``alias`` (keeping ``previous_champion``)."""
+    from mlflow.exceptions import MlflowException
+
+    if not require:
+        raise SpecError("--require", "name at least one stage id the version must have passed")
+    if alias == PREVIOUS_ALIAS:
+        raise SpecError("--alias", f"{PREVIOUS_ALIAS!r} is kept by the gate itself: choose another alias")
+    ref = resolve_version(model, version, field="--version")
+    c = client()
+    try:
+        with _lock(model):
+            started = time.perf_counter()
+            mv = c.get_model_version(ref.name, ref.version)  # one call: every verdict tag at once
+            tags = dict(mv.tags or {})
+            ok, reason, verdicts = decide(tags, require)
+            if ok and check_artifacts:
+                intact, why = artifacts_intact(ref, tags)
+                if not intact:
+                    ok, reason = False, f"blocked: the version's artifacts are not whole ({why})"
+            decide_seconds = time.perf_counter() - started
+            previous = None
+            if ok:
+                previous = _alias(ref.name, alias)
+                if previous != ref.version:
+                    if previous is not None:
+                        c.set_registered_model_alias(ref.name, PREVIOUS_ALIAS, previous)
+                        c.set_model_version_tag(ref.name, previous, "mlchaos.gate", "superseded")
+                        c.set_model_version_tag(ref.name, previous, "mlchaos.gate.reason",
+                                                f"@{alias} moved to version {ref.version}")
+                    c.set_registered_model_alias(ref.name, alias, ref.version)
+                    reason += f"; @{alias} -> {ref.version}" + (f" (was {previous})" if previous else "")
+                else:
+                    reason += f"; @{alias} already points to {ref.version}"
+            c.set_model_version_tag(ref.name, ref.version, "mlchaos.gate", "promoted" if ok else "blocked")
+            c.set_model_version_tag(ref.name, ref.version, "mlchaos.gate.reason", reason[:4000])
+            c.set_model_version_tag(ref.name, ref.version, "mlchaos.gate.alias", alias)
+    except MlflowException as exc:
+        if is_unreachable(exc):
+            raise InfrastructureError(f"the gate could not reach MLflow at {tracking_uri()}: nothing was "
+                                      f"promoted ({exc})") from exc
+        raise
+    return GateDecision(ref.name, ref.version, alias, ok, reason, verdicts, previous, round(decide_seconds, 4))
+
+
+def _alias(model: str, alias: str) -> str | None:
+    from mlchaos_steps.targets.mlflow import alias_version
+
+    return alias_version(model, alias)

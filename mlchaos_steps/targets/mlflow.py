@@ -1,0 +1,212 @@
+"""MLflow: the tracking server and model registry, and the artifact stores behind model versions.
+
+The tracking URI is ``MLFLOW_TRACKING_URI``, else the embedded default
+``sqlite:///<MLCHAOS_HOME>/mlflow.db`` with artifacts under ``<MLCHAOS_HOME>/mlartifacts``.
+mlflow is imported inside functions, never at module import.
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from mlchaos_steps import config
+from mlchaos_steps.errors import InfrastructureError, SpecError
+from mlchaos_steps.targets.files import copy_with_digest, file_digest
+
+# Files MLflow itself writes on load, or that describe the environment rather than the model.
+MLFLOW_WRITES_ON_LOAD = {"registered_model_meta"}
+NOT_WEIGHTS = {"MLmodel", "conda.yaml", "python_env.yaml", "requirements.txt", "input_example.json",
+               "serving_input_example.json", "registered_model_meta", "python_model.pkl"}
+
+
+def tracking_uri() -> str:
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    return f"sqlite:///{config.home() / 'mlflow.db'}"
+
+
+@lru_cache(maxsize=8)
+def _client(uri: str, registry_uri: str | None) -> Any:
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=uri, registry_uri=registry_uri)
+
+
+# A chaos run must learn quickly that the server is down (MLflow's defaults retry for minutes);
+# a user's own settings win.
+HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def client() -> Any:
+    """An ``MlflowClient`` for the configured tracking server and registry."""
+    for key, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+    return _client(tracking_uri(), os.environ.get("MLFLOW_REGISTRY_URI"))
+
+
+def experiment_id(name: str) -> str:
+    """The id of an experiment, created on first use (artifacts under MLCHAOS_HOME when embedded)."""
+    c = client()
+    found = c.get_experiment_by_name(name)
+    if found is not None:
+        return str(found.experiment_id)
+    location = (config.home() / "mlartifacts").as_uri() if tracking_uri().startswith("sqlite:") else None
+    try:
+        return str(c.create_experiment(name, artifact_location=location))
+    except Exception:  # created meanwhile by a concurrent process
+        found = c.get_experiment_by_name(name)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """Whether an MLflow error means the server could not be reached (vs. a not-found)."""
+    text = f"{type(exc).__name__} {exc}"
+    return any(s in text for s in ("ConnectionError", "Connection refused", "Max retries exceeded",
+                                   "ConnectTimeout", "ReadTimeout", "API request to", "Failed to establish"))
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """One exact registered model version (aliases already resolved)."""
+
+    name: str
+    version: str
+
+    @property
+    def uri(self) -> str:
+        return f"models:/{self.name}/{self.version}"
+
+
+def resolve_version(name: str, version: str, field: str = "spec.version") -> ModelRef:
+    """Turn a number or ``@alias`` into an exact version; bad input raises SpecError (exit 2)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    try:
+        if str(version).startswith("@"):
+            mv = c.get_model_version_by_alias(name, str(version)[1:])
+        else:
+            if not str(version).isdigit():
+                raise SpecError(field, f"{version!r} is neither a version number nor an @alias")
+            mv = c.get_model_version(name, str(version))
+    except MlflowException as exc:
+        if is_unreachable(exc):
+            raise InfrastructureError(f"the MLflow tracking server at {tracking_uri()} is unreachable: {exc}") from exc
+        try:
+            c.get_registered_model(name)
+        except MlflowException:
+            raise SpecError("spec.model", f"registered model {name!r} does not exist in {tracking_uri()}: "
+                                          "check the name (mlflow models are case-sensitive)") from None
+        raise SpecError(field, f"model {name!r} has no version {version!r}: give an existing version number or "
+                               "alias") from None
+    return ModelRef(name, str(mv.version))
+
+
+def alias_version(name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client().get_model_version_by_alias(name, alias).version)
+    except MlflowException as exc:
+        if is_unreachable(exc):
+            raise
+        return None
+
+
+# -- artifacts behind a model version ---------------------------------------------------------------
+class ArtifactStore:
+    """The artifacts of one model version, wherever they live.
+
+    fsspec-capable locations (``file://``, ``s3://``, ...) are handled as file systems; others
+    (``mlflow-artifacts:/`` behind a tracking server) through MLflow's artifact repository.
+    """
+
+    def __init__(self, uri: str):
+        self.uri = uri.rstrip("/")
+        self.fs: Any = None
+        scheme = uri.split(":", 1)[0] if ":" in uri else "file"
+        if scheme in ("file", "s3", "gs", "gcs", "az", "abfs", "memory"):
+            import fsspec
+
+            self.fs, self.root = fsspec.core.url_to_fs(self.uri)
+        else:
+            from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+
+            self.repo = get_artifact_repository(self.uri)
+
+    def list(self) -> dict[str, int]:
+        """Relative path -> size of every file (MLflow's own on-load files left out)."""
+        if self.fs is not None:
+            if not self.fs.exists(self.root):
+                return {}
+            out = {}
+            for path, info in self.fs.find(self.root, detail=True).items():
+                rel = posixpath.relpath(path, self.root)
+                if posixpath.basename(rel) not in MLFLOW_WRITES_ON_LOAD:
+                    out[rel] = int(info.get("size") or 0)
+            return out
+        found: dict[str, int] = {}
+        stack = [None]
+        while stack:
+            for info in self.repo.list_artifacts(stack.pop()):
+                if info.is_dir:
+                    stack.append(info.path)
+                elif posixpath.basename(info.path) not in MLFLOW_WRITES_ON_LOAD:
+                    found[info.path] = int(info.file_size or 0)
+        return found
+
+    def backup(self, rel: str, local_path: str) -> tuple[str, int]:
+        """Copy one artifact file to a local path; return (sha256, bytes)."""
+        import fsspec
+
+        local = fsspec.filesystem("file")
+        local.makedirs(posixpath.dirname(local_path), exist_ok=True)
+        if self.fs is not None:
+            return copy_with_digest(self.fs, posixpath.join(self.root, rel), local, local_path)
+        downloaded = self.repo.download_artifacts(rel, dst_path=posixpath.dirname(local_path) + "/.dl")
+        os.replace(downloaded, local_path)
+        return file_digest(local, local_path), os.path.getsize(local_path)
+
+    def upload(self, local_path: str, rel: str) -> str:
+        """Put one file back; return the sha256 of what now lies in the store."""
+        import fsspec
+
+        local = fsspec.filesystem("file")
+        if self.fs is not None:
+            target = posixpath.join(self.root, rel)
+            self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
+            copy_with_digest(local, local_path, self.fs, target)
+            return file_digest(self.fs, target)
+        parent = posixpath.dirname(rel) or None
+        self.repo.log_artifact(local_path, parent)
+        check = self.repo.download_artifacts(rel, dst_path=posixpath.dirname(local_path) + "/.verify")
+        digest = file_digest(local, check)
+        os.remove(check)
+        return digest
+
+    def delete(self, rel: str | None) -> None:
+        """Delete one file, or everything when ``rel`` is None."""
+        if self.fs is not None:
+            target = posixpath.join(self.root, rel) if rel else self.root
+            if self.fs.exists(target):
+                self.fs.rm(target, recursive=rel is None)
+            return
+        self.repo.delete_artifacts(rel)
+
+
+def version_artifacts(ref: ModelRef) -> ArtifactStore:
+    return ArtifactStore(client().get_model_version_download_uri(ref.name, ref.version))
+
+
+def weights_only(files: dict[str, int]) -> dict[str, int]:
+    """The model's data files: not MLmodel, the environment files, the pyfunc wrapper or ``code/``."""
+    return {rel: size for rel, size in files.items()
+            if posixpath.basename(rel) not in NOT_WEIGHTS and not rel.startswith("code/")}

@@ -1,0 +1,177 @@
+"""registry-artifact-removal against a real MLflow server: detected vs silent, fallback vs no fallback."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import pytest
+from conftest import mlchaos
+
+from mlchaos_steps.engine import run_phase, run_stage
+from mlchaos_steps.engine.ledger import RESTORED, SqliteLedger
+from mlchaos_steps.examples.models import SAMPLE_INPUT, register_silent_fallback
+from mlchaos_steps.stages import parse_stage
+from mlchaos_steps.targets.mlflow import ModelRef, client, version_artifacts
+from mlchaos_steps.verification import model_loads
+
+
+def _doc(model: str, version: str, **spec: object) -> dict[str, object]:
+    return {"kind": "RegistryArtifactRemoval", "spec": {"model": model, "version": version, **spec}}
+
+
+def _digests(model: str, version: str) -> dict[str, str]:
+    return _tree(Path(version_artifacts(ModelRef(model, version)).root))
+
+
+def _tree(root: Path) -> dict[str, str]:
+    return {str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(root.rglob("*")) if p.is_file() and p.name != "registered_model_meta"}
+
+
+@pytest.mark.parametrize("scope", ["all", "weights"])
+def test_detected_passes_for_a_real_model_and_round_trip_is_exact(two_versions: tuple[str, str, str],
+                                                                   scope: str) -> None:
+    name, _, v2 = two_versions
+    before = _digests(name, v2)
+    outcome = run_stage(parse_stage(_doc(name, "@challenger", scope=scope)), f"rar-{scope}")
+    assert outcome.verdict.status == "passed", outcome.verdict
+    assert outcome.restored, outcome.restore_error
+    assert _digests(name, v2) == before
+    assert model_loads(f"models:/{name}/{v2}").ok
+    tags = client().get_model_version(name, v2).tags
+    assert tags["mlchaos.registry-artifact-removal.verdict"] == "passed"
+    run = client().get_run(tags["mlchaos.registry-artifact-removal.run_id"])
+    assert run.data.tags["mlchaos.run_key"] == f"rar-{scope}"
+    assert "journal.json" in [a.path for a in client().list_artifacts(run.info.run_id)]
+
+
+def test_detected_fails_when_the_model_loads_without_its_weights(mlflow_server: str, model_name: str,
+                                                                 tmp_path: Path) -> None:
+    version = register_silent_fallback(model_name, tmp_path)
+    before = _digests(model_name, version)
+    outcome = run_stage(parse_stage(_doc(model_name, version, scope="weights")), "rar-silent")
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert "the loss went undetected" in outcome.verdict.reason
+    assert outcome.restored
+    assert _digests(model_name, version) == before
+
+
+def test_fallback_passes_when_champion_is_another_version(two_versions: tuple[str, str, str]) -> None:
+    name, v1, _ = two_versions
+    outcome = run_stage(parse_stage(_doc(name, "@challenger", expect="fallback")), "rar-fallback")
+    assert outcome.verdict.status == "passed", outcome.verdict
+    assert client().get_model_version_by_alias(name, "champion").version == v1
+
+
+def test_fallback_fails_when_champion_is_the_broken_version(two_versions: tuple[str, str, str]) -> None:
+    name, _, v2 = two_versions
+    client().set_registered_model_alias(name, "champion", v2)
+    outcome = run_stage(parse_stage(_doc(name, "@challenger", expect="fallback")), "rar-no-fallback")
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert "model-loads" in outcome.verdict.reason
+    assert outcome.restored
+    assert model_loads(f"models:/{name}@champion").ok
+
+
+def test_fallback_with_serving(two_versions: tuple[str, str, str], tmp_path: Path) -> None:
+    from mlchaos_steps.examples import workloads
+
+    name, _, _ = two_versions
+    server = workloads.start_model_server(f"models:/{name}@champion", log_path=tmp_path / "serve.log")
+    try:
+        doc = _doc(name, "@challenger", expect="fallback", serving={"url": server.url, "sample": SAMPLE_INPUT})
+        outcome = run_stage(parse_stage(doc), "rar-serving")
+    finally:
+        server.stop()
+    assert outcome.verdict.status == "passed", outcome.verdict
+    checks = {c["name"].split()[0]: c["ok"] for c in outcome.verdict.evidence["checks"]}
+    assert checks == {"model-loads": True, "alias-unchanged": True, "serving-healthy": True}
+
+
+def test_gate_refuses_the_broken_version_during_the_fault(two_versions: tuple[str, str, str]) -> None:
+    from mlchaos_steps.gate import promote
+
+    name, _, v2 = two_versions
+    stage = parse_stage(_doc(name, v2))
+    run_phase(stage, "snapshot", "rar-gate")
+    run_phase(stage, "inject", "rar-gate")
+    client().set_model_version_tag(name, v2, "mlchaos.pod-delete.verdict", "passed")
+    decision = promote(name, v2, ["pod-delete"])
+    assert not decision.promoted and "artifacts are not whole" in decision.reason
+    run_phase(stage, "restore", "rar-gate")
+    assert promote(name, v2, ["pod-delete"]).promoted
+
+
+def test_store_that_cannot_delete_is_inconclusive_and_nothing_is_lost(two_versions: tuple[str, str, str]) -> None:
+    import subprocess
+
+    name, _, v2 = two_versions
+    before = _digests(name, v2)
+    store = version_artifacts(ModelRef(name, v2))
+    stuck = sorted(store.list())[-1]  # something late in the order: earlier files get deleted first
+    subprocess.run(["chattr", "+i", str(Path(store.root, stuck))], check=True)
+    try:
+        outcome = run_stage(parse_stage(_doc(name, v2)), "rar-stuck")
+    finally:
+        subprocess.run(["chattr", "-i", str(Path(store.root, stuck))], check=True)
+    assert outcome.verdict.status == "inconclusive", outcome.verdict
+    assert outcome.restored, outcome.restore_error
+    assert _digests(name, v2) == before
+
+
+def test_unknown_model_version_or_alias_exits_2_and_touches_nothing(two_versions: tuple[str, str, str],
+                                                                    tmp_path: Path) -> None:
+    import yaml
+
+    name, _, v2 = two_versions
+    before = _digests(name, v2)
+    for doc, field in [(_doc("no-such-model", "1"), "spec.model"), (_doc(name, "99"), "spec.version"),
+                       (_doc(name, "@nope"), "spec.version"), (_doc(name, "latest"), "spec.version")]:
+        path = tmp_path / "bad.yaml"
+        path.write_text(yaml.safe_dump(doc))
+        proc = mlchaos("run", str(path))
+        assert proc.returncode == 2, proc.stderr
+        assert field in proc.stderr
+    assert _digests(name, v2) == before
+
+
+def test_tracking_server_down_during_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_name: str) -> None:
+    """Verdict inconclusive, exit 3, no verdict tag (so the gate blocks), and the artifacts still restored."""
+    from mlchaos_steps.examples import workloads
+    from mlchaos_steps.examples.models import register_sklearn
+    from mlchaos_steps.gate import promote
+
+    server = workloads.start_tracking_server(tmp_path / "own-server")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
+    try:
+        version = register_sklearn(model_name)
+        root = Path(version_artifacts(ModelRef(model_name, version)).root)
+        before = _tree(root)
+        stage = parse_stage(_doc(model_name, version))
+        run_phase(stage, "snapshot", "rar-down")
+        run_phase(stage, "inject", "rar-down")
+        server.stop()
+        result = run_phase(stage, "verify", "rar-down")
+        assert result.verdict is not None and result.verdict.status == "inconclusive"
+        assert result.verdict.exit_code == 3
+        run_phase(stage, "restore", "rar-down")  # the artifact root is a local folder: restore needs no server
+        assert _tree(root) == before
+        assert SqliteLedger().get("rar-down").status == RESTORED  # type: ignore[union-attr]
+        server = workloads.start_tracking_server(tmp_path / "own-server", port=server.port)
+        tags = client().get_model_version(model_name, version).tags
+        assert "mlchaos.registry-artifact-removal.verdict" not in tags
+        assert not promote(model_name, version, ["registry-artifact-removal"]).promoted
+    finally:
+        server.stop()
+
+
+def test_embedded_sqlite_registry(monkeypatch: pytest.MonkeyPatch, model_name: str, mlchaos_home: Path) -> None:
+    from mlchaos_steps.examples.models import register_sklearn
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    version = register_sklearn(model_name)
+    outcome = run_stage(parse_stage(_doc(model_name, version)), "rar-embedded")
+    assert outcome.verdict.status == "passed", outcome.verdict
+    assert outcome.restored
+    assert client().get_model_version(model_name, version).tags["mlchaos.registry-artifact-removal.verdict"] == "passed"
