@@ -178,7 +178,7 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"ledger {ledger.path}")
+    table = Table(title=f"ledger {ledger.location}")
     for column in ("run key", "stage", "status", "verdict", "actions"):
         table.add_column(column, overflow="fold")
     for r in rows:

@@ -148,7 +148,8 @@ def test_schema_command_prints_every_kind() -> None:
     proc = mlchaos("schema")
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
-    assert {v["title"] for v in schema["oneOf"]} == {"CheckpointWipe", "PodDelete"}
+    assert {v["title"] for v in schema["oneOf"]} == {"CheckpointWipe", "PodDelete", "RegistryArtifactRemoval",
+                                                      "CanaryFailure"}
     assert schema == json.loads(json.dumps(stage_schema()))
 
 

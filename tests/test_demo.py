@@ -1,4 +1,6 @@
-"""`mlchaos demo` is the first thing a newcomer runs: it must work and leave nothing broken."""
+"""`mlchaos demo` is the first thing a newcomer runs: it must work and leave nothing broken.
+
+It runs on the embedded MLflow (SQLite under MLCHAOS_HOME), as on a fresh laptop."""
 
 from __future__ import annotations
 
@@ -7,19 +9,23 @@ from pathlib import Path
 
 from conftest import mlchaos
 
+STAGES = ["checkpoint-wipe", "pod-delete", "registry-artifact-removal", "canary-failure"]
+
 
 def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path) -> None:
     proc = mlchaos("demo", "--workdir", str(tmp_path / "demo"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "everything restored" in proc.stdout
+    assert "promotion gate: promoted" in proc.stdout
     rows = json.loads(mlchaos("ledger", "--json").stdout)
-    assert {r["stage"]: r["verdict"] for r in rows} == {"checkpoint-wipe": "passed", "pod-delete": "passed"}
+    assert {r["stage"]: r["verdict"] for r in rows} == dict.fromkeys(STAGES, "passed")
     assert {r["status"] for r in rows} == {"restored"}
 
 
 def test_demo_broken_shows_both_stages_failing(tmp_path: Path) -> None:
     proc = mlchaos("demo", "--broken", "--workdir", str(tmp_path / "demo"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "promotion gate: blocked" in proc.stdout
     rows = json.loads(mlchaos("ledger", "--json").stdout)
-    assert {r["stage"]: r["verdict"] for r in rows} == {"checkpoint-wipe": "failed", "pod-delete": "failed"}
+    assert {r["stage"]: r["verdict"] for r in rows} == dict.fromkeys(STAGES, "failed")
     assert {r["status"] for r in rows} == {"restored"}

@@ -13,7 +13,7 @@ from typing import Any
 
 from mlchaos_steps import config
 from mlchaos_steps.engine.journal import redact
-from mlchaos_steps.engine.ledger import APPLIED, Action, Execution, SqliteLedger
+from mlchaos_steps.engine.ledger import APPLIED, Action, Execution, Ledger
 from mlchaos_steps.errors import KillSwitchEngaged
 
 KILL_SWITCH_POLL_S = 0.1
@@ -36,7 +36,7 @@ class PhaseContext:
     """Handed to every phase: run key, ledger, the execution record, and the dry-run flag."""
 
     run_key: str
-    ledger: SqliteLedger
+    ledger: Ledger
     execution: Execution | None = None
     dry_run: bool = False
     activities: list[dict[str, Any]] = field(default_factory=list)

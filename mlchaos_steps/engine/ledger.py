@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import psutil
 
@@ -96,6 +96,7 @@ class Execution:
     owner_started: float | None = None
     created_at: float = 0.0
     updated_at: float = 0.0
+    owner_host: str | None = None  # None: this machine
 
 
 def _process_identity() -> tuple[int, float]:
@@ -112,6 +113,31 @@ def owner_alive(pid: int | None, started: float | None) -> bool:
         return started is None or abs(proc.create_time() - started) < 0.5
     except psutil.Error:
         return False
+
+
+class Ledger(Protocol):
+    """What the engine needs from a ledger; ``SqliteLedger`` and ``MlflowLedger`` provide it."""
+
+    location: str
+
+    def get(self, run_key: str) -> Execution | None: ...
+    def create(self, run_key: str, kind: str, stage_id: str, spec: dict[str, Any]) -> Execution: ...
+    def claim(self, run_key: str) -> None: ...
+    def release_owner(self, run_key: str) -> None: ...
+    def update(self, run_key: str, *, status: str | None = None, verdict: str | None = None,
+               verdict_detail: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
+               phase: tuple[str, dict[str, Any]] | None = None) -> Execution: ...
+    def executions(self) -> list[Execution]: ...
+    def open_executions(self) -> list[Execution]: ...
+    def plan_action(self, run_key: str, kind: str, target: str, undo: dict[str, Any]) -> Action: ...
+    def mark_action(self, action: Action, state: str, *, error: str | None = None,
+                    undo: dict[str, Any] | None = None) -> None: ...
+    def actions(self, run_key: str) -> list[Action]: ...
+    def acquire_lease(self, target_id: str, run_key: str) -> None: ...
+    def release_leases(self, run_key: str) -> None: ...
+    def leases(self) -> dict[str, str]: ...
+    def store_backup(self, run_key: str, folder: Path) -> None: ...
+    def fetch_backup(self, run_key: str, folder: Path) -> None: ...
 
 
 class SqliteLedger:
@@ -135,6 +161,16 @@ class SqliteLedger:
 
     def __repr__(self) -> str:
         return f"SqliteLedger({str(self.path)!r})"
+
+    @property
+    def location(self) -> str:
+        return str(self.path)
+
+    def store_backup(self, run_key: str, folder: Path) -> None:
+        """Backups stay where they were written, under MLCHAOS_HOME."""
+
+    def fetch_backup(self, run_key: str, folder: Path) -> None:
+        """Nothing to fetch: backups never left MLCHAOS_HOME."""
 
     @contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:
@@ -314,9 +350,16 @@ def _execution(row: sqlite3.Row) -> Execution:
     )
 
 
-def default_ledger() -> SqliteLedger:
-    """The ledger selected by configuration (``MLCHAOS_LEDGER``; only ``sqlite`` for now)."""
+def default_ledger() -> Ledger:
+    """The ledger selected by ``MLCHAOS_LEDGER``: ``sqlite`` (default, under MLCHAOS_HOME) or ``mlflow``
+    (the tracking server, so phases in separate pods share state)."""
     kind = os.environ.get("MLCHAOS_LEDGER", "sqlite")
-    if kind != "sqlite":
-        raise InfrastructureError(f"MLCHAOS_LEDGER={kind!r} is not available: use 'sqlite'")
-    return SqliteLedger()
+    if kind == "sqlite":
+        return SqliteLedger()
+    if kind == "mlflow":
+        from mlchaos_steps.engine.mlflow_ledger import MlflowLedger
+
+        return MlflowLedger()
+    from mlchaos_steps.errors import SpecError
+
+    raise SpecError("MLCHAOS_LEDGER", f"{kind!r} is not a ledger: use 'sqlite' or 'mlflow'")

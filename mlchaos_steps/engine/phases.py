@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import socket
 import time
 import traceback
 import uuid
@@ -35,7 +36,7 @@ from mlchaos_steps.engine.ledger import (
     UNDONE,
     VERIFIED,
     Execution,
-    SqliteLedger,
+    Ledger,
     default_ledger,
     owner_alive,
 )
@@ -83,12 +84,12 @@ def new_run_key() -> str:
     return f"adhoc-{time.strftime('%Y%m%dT%H%M%S')}-{uuid.uuid4().hex[:8]}"
 
 
-def _journal(execution: Execution, ledger: SqliteLedger) -> Path:
+def _journal(execution: Execution, ledger: Ledger) -> Path:
     ctx = PhaseContext(execution.run_key, ledger, execution)
     return write_journal(execution, stage_class(execution.kind).title, ctx.run_dir / "journal.json")
 
 
-def _record(ledger: SqliteLedger, run_key: str, phase: str, started: float, phase_status: str,
+def _record(ledger: Ledger, run_key: str, phase: str, started: float, phase_status: str,
             output: dict[str, Any] | None = None, error: str | None = None, **update: Any) -> Execution:
     record = {"start": started, "end": time.time(), "status": phase_status, "output": redact(output or {})}
     if error:
@@ -110,7 +111,7 @@ def _same_spec(execution: Execution, stage: StageSpec) -> None:
 
 
 def run_phase(
-    stage: StageSpec, phase: Phase, run_key: str, *, dry_run: bool = False, ledger: SqliteLedger | None = None,
+    stage: StageSpec, phase: Phase, run_key: str, *, dry_run: bool = False, ledger: Ledger | None = None,
     model: str | None = None, version: str | None = None, _hold_owner: bool = False,
 ) -> PhaseResult:
     """Run one phase of a stage under a run key. Safe to retry: a done phase is not done twice.
@@ -141,7 +142,7 @@ def run_phase(
             ledger.release_owner(run_key)
 
 
-def _snapshot(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult:
+def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger) -> PhaseResult:
     existing = ledger.get(run_key)
     if existing:
         _same_spec(existing, stage)
@@ -169,7 +170,7 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResu
     return PhaseResult("snapshot", run_key, "ok", output, journal=_journal(execution, ledger))
 
 
-def _inject(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult:
+def _inject(stage: StageSpec, run_key: str, ledger: Ledger) -> PhaseResult:
     execution = ledger.get(run_key)
     if execution is None or execution.phases.get("snapshot", {}).get("status") != "ok":
         raise SpecError("--phase inject", f"no snapshot for run key {run_key!r}: run `--phase snapshot` first")
@@ -194,7 +195,7 @@ def _inject(stage: StageSpec, run_key: str, ledger: SqliteLedger) -> PhaseResult
     return PhaseResult("inject", run_key, "ok", output, journal=_journal(execution, ledger))
 
 
-def _verify(stage: StageSpec, run_key: str, ledger: SqliteLedger, model: str | None = None,
+def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = None,
             version: str | None = None) -> PhaseResult:
     execution = ledger.get(run_key)
     if execution is None:
@@ -271,7 +272,7 @@ def _report(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, ref: Any, jou
     return verdict, ctx.ledger.update(ctx.run_key, state=state)
 
 
-def restore_run(run_key: str, *, ledger: SqliteLedger | None = None) -> dict[str, Any]:
+def restore_run(run_key: str, *, ledger: Ledger | None = None) -> dict[str, Any]:
     """Undo everything the run broke, from the ledger alone. Idempotent; ignores the kill switch."""
     ledger = ledger or default_ledger()
     execution = ledger.get(run_key)
@@ -325,7 +326,7 @@ def restore_run(run_key: str, *, ledger: SqliteLedger | None = None) -> dict[str
     return output
 
 
-def restore_orphaned(*, older_than_s: float = 3600.0, ledger: SqliteLedger | None = None) -> list[dict[str, Any]]:
+def restore_orphaned(*, older_than_s: float = 3600.0, ledger: Ledger | None = None) -> list[dict[str, Any]]:
     """Restore every run an earlier crash left unrestored.
 
     A run is orphaned when the process working on it died, or when no process owns it and it has not
@@ -334,12 +335,13 @@ def restore_orphaned(*, older_than_s: float = 3600.0, ledger: SqliteLedger | Non
     ledger = ledger or default_ledger()
     results = []
     now = time.time()
+    here = socket.gethostname()
     for execution in ledger.open_executions():
-        if execution.owner_pid:
+        if execution.owner_pid and execution.owner_host in (None, here):
             if owner_alive(execution.owner_pid, execution.owner_started):
                 continue
         elif now - execution.updated_at < older_than_s:
-            continue
+            continue  # unowned, or owned on another machine we cannot check: wait until it goes stale
         try:
             results.append({"run_key": execution.run_key, **restore_run(execution.run_key, ledger=ledger)})
         except MlchaosError as exc:
@@ -348,7 +350,7 @@ def restore_orphaned(*, older_than_s: float = 3600.0, ledger: SqliteLedger | Non
 
 
 def run_stage(
-    stage: StageSpec, run_key: str | None = None, *, dry_run: bool = False, ledger: SqliteLedger | None = None,
+    stage: StageSpec, run_key: str | None = None, *, dry_run: bool = False, ledger: Ledger | None = None,
     model: str | None = None, version: str | None = None,
 ) -> StageOutcome:
     """Run snapshot, inject and verify, then always restore. A finished run key returns its recorded verdict."""

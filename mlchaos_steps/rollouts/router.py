@@ -34,7 +34,7 @@ class Analysis:
     max_p99_ms: float = 1000.0
     failure_limit: int = 1  # aborts when failures exceed this
     inconclusive_limit: int = 3  # aborts (fail safe) when inconclusive measurements exceed this
-    min_requests: int = 3  # fewer canary requests in an interval: the measurement is inconclusive
+    min_requests: int = 3  # fewer canary requests in an interval (but some): the measurement is inconclusive
 
 
 @dataclass
@@ -60,6 +60,7 @@ class Router:
         self.analysis = analysis
         self.model, self.version, self.canary_pid = model, version, canary_pid
         self.samples: dict[str, list[tuple[float, bool, float]]] = {"stable": [], "canary": []}
+        self.inflight: dict[int, tuple[str, float]] = {}  # request id -> (backend, started), for slow requests
         self.client: Any = None
 
     async def start(self) -> None:
@@ -75,7 +76,12 @@ class Router:
     async def forward(self, method: str, path: str, body: bytes, headers: dict[str, str]) -> tuple[int, bytes, str]:
         backend = "canary" if random.uniform(0, 100) < self.state.canary_weight else "stable"
         started = time.perf_counter()
-        status, payload = await self._call(backend, method, path, body, headers)
+        request_id = id(body) ^ int(started * 1e9)
+        self.inflight[request_id] = (backend, time.time())
+        try:
+            status, payload = await self._call(backend, method, path, body, headers)
+        finally:
+            self.inflight.pop(request_id, None)
         self.samples[backend].append((time.time(), status < 500, (time.perf_counter() - started) * 1000))
         del self.samples[backend][:-5000]
         return status, payload, backend
@@ -102,8 +108,13 @@ class Router:
         while self.state.phase == "Progressing":
             window_start = time.time()
             await asyncio.sleep(a.interval_s)
+            now = time.time()
             window = [s for s in self.samples["canary"] if s[0] >= window_start]
-            measurement: dict[str, Any] = {"at": time.time(), "requests": len(window)}
+            # a request still waiting counts with the latency it has so far: a hung canary must fail
+            window += [(now, True, (now - t) * 1000) for b, t in list(self.inflight.values()) if b == "canary"]
+            measurement: dict[str, Any] = {"at": now, "requests": len(window)}
+            if not window:
+                continue  # no canary traffic at all: nothing to measure yet
             if len(window) < a.min_requests:
                 measurement["result"] = "Inconclusive"
                 self.state.inconclusive += 1

@@ -118,6 +118,7 @@ class RegistryArtifactRemoval(StageSpec):
                 raise InfrastructureError(f"backup of {rel} has {copied} bytes, the store lists {size}: nothing "
                                           "was removed")
             backups.append({"rel": rel, "size": size, "digest": digest, "backup": local})
+        ctx.ledger.store_backup(ctx.run_key, backup_root)  # MLflow ledger: the backup travels with the run
         ctx.save(model_version={"name": ref.name, "version": ref.version}, artifact_uri=store.uri,
                  champion_before=champion, backups=backups)
         return {"model_version": ref.uri, "artifact_uri": store.uri, "files": len(backups),
@@ -189,7 +190,10 @@ class RegistryArtifactRemoval(StageSpec):
         undo = action.undo
         store = ArtifactStore(undo["artifact_uri"])
         local = fsspec.filesystem("file")
-        backup = undo["backup"]
+        # This may be another machine than the one that took the backup: find it under our run folder.
+        backup = str(ctx.run_dir / "backup" / undo["rel"])
+        if not os.path.exists(backup):
+            ctx.ledger.fetch_backup(ctx.run_key, ctx.run_dir / "backup")
         if store.fs is not None:
             target = posixpath.join(store.root, undo["rel"])
             if store.fs.exists(target) and file_digest(store.fs, target) == undo["digest"]:

@@ -7,7 +7,6 @@ that on a local disk it is a rename on the same file system: a multi-GB checkpoi
 
 from __future__ import annotations
 
-import hashlib
 import os
 import posixpath
 import re
@@ -17,9 +16,9 @@ from typing import Any
 
 from mlchaos_steps import config
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SafetyError, SpecError
+from mlchaos_steps.targets.files import CHUNK, file_digest, hasher, hexdigest
 
 QUARANTINE_DIR = ".mlchaos-quarantine"
-CHUNK = 8 * 1024 * 1024
 # Roots that are never a checkpoint store, even when someone points at them.
 FORBIDDEN_ROOTS = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin",
                    "/sys", "/usr", "/var", "/home", "/tmp"}
@@ -127,17 +126,13 @@ class CheckpointStore:
         return [path]
 
     def digest(self, path: str) -> str:
-        """sha256 over a checkpoint: its relative file names, sizes and contents."""
-        outer = hashlib.sha256()
+        """One digest over a checkpoint: its files' relative names and contents."""
+        outer = hasher()
         base = path.rstrip("/")
         for file in self.files(path):
             rel = posixpath.relpath(file, base) if file != base else "."
-            inner = hashlib.sha256()
-            with self.fs.open(file, "rb") as handle:
-                while chunk := handle.read(CHUNK):
-                    inner.update(chunk)
-            outer.update(f"{rel}\0{inner.hexdigest()}\n".encode())
-        return outer.hexdigest()
+            outer.update(f"{rel}\0{file_digest(self.fs, file)}\n".encode())
+        return hexdigest(outer)
 
     def size_bytes(self, path: str) -> int:
         return sum(int(self.fs.size(f)) for f in self.files(path))

@@ -40,7 +40,9 @@ def _client(uri: str, registry_uri: str | None) -> Any:
 # A chaos run must learn quickly that the server is down (MLflow's defaults retry for minutes);
 # a user's own settings win.
 HTTP_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
-                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+                 "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+                 # the CLI's standard output is JSON or a table: no "View run" links in it
+                 "MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true"}
 
 
 def client() -> Any:
@@ -183,8 +185,7 @@ class ArtifactStore:
         if self.fs is not None:
             target = posixpath.join(self.root, rel)
             self.fs.makedirs(posixpath.dirname(target), exist_ok=True)
-            copy_with_digest(local, local_path, self.fs, target)
-            return file_digest(self.fs, target)
+            return copy_with_digest(local, local_path, self.fs, target)[0]  # the digest of the bytes written
         parent = posixpath.dirname(rel) or None
         self.repo.log_artifact(local_path, parent)
         check = self.repo.download_artifacts(rel, dst_path=posixpath.dirname(local_path) + "/.verify")
