@@ -92,7 +92,7 @@ def checkpoint_inject() -> dict[str, Any]:
             "what": "inject phase (delete-latest, one rename + write-ahead ledger entries) on a checkpoint folder",
             "checkpoint_bytes": size,
             "inject_seconds": stats(inject_s),
-            "snapshot_seconds_incl_sha256": stats(snapshot_s, 3),
+            "snapshot_seconds_incl_digest": stats(snapshot_s, 3),
             "restore_seconds_incl_digest_check": stats(restore_s, 3),
             "plain_copy_seconds": stats(copy_s, 3),
             "copy_over_inject_ratio": stats(ratios, 1),
@@ -236,6 +236,7 @@ def gate_decision() -> dict[str, Any]:
         }
     finally:
         server.stop()
+        os.environ.pop("MLFLOW_TRACKING_URI", None)
         shutil.rmtree(root, ignore_errors=True)
 
 

@@ -39,6 +39,15 @@ def test_detected_passes_for_a_real_model_and_round_trip_is_exact(two_versions: 
     assert outcome.restored, outcome.restore_error
     assert _digests(name, v2) == before
     assert model_loads(f"models:/{name}/{v2}").ok
+    if scope == "all":  # and it serves again
+        from mlchaos_steps.examples import workloads
+        from mlchaos_steps.verification import serving_healthy
+
+        server = workloads.start_model_server(f"models:/{name}/{v2}")
+        try:
+            assert serving_healthy(server.url, SAMPLE_INPUT).ok
+        finally:
+            server.stop()
     tags = client().get_model_version(name, v2).tags
     assert tags["mlchaos.registry-artifact-removal.verdict"] == "passed"
     run = client().get_run(tags["mlchaos.registry-artifact-removal.run_id"])
@@ -175,3 +184,19 @@ def test_embedded_sqlite_registry(monkeypatch: pytest.MonkeyPatch, model_name: s
     assert outcome.verdict.status == "passed", outcome.verdict
     assert outcome.restored
     assert client().get_model_version(model_name, version).tags["mlchaos.registry-artifact-removal.verdict"] == "passed"
+
+
+def test_restore_refuses_a_backup_with_the_wrong_digest(two_versions: tuple[str, str, str],
+                                                        mlchaos_home: Path) -> None:
+    from mlchaos_steps.engine import restore_run
+
+    name, _, v2 = two_versions
+    stage = parse_stage(_doc(name, v2, scope="weights"))
+    run_phase(stage, "snapshot", "rar-tampered")
+    run_phase(stage, "inject", "rar-tampered")
+    backup = next(p for p in (mlchaos_home / "runs").rglob("*") if p.is_file() and "backup" in p.parts)
+    backup.write_bytes(b"tampered")
+    with pytest.raises(Exception, match="does not match its digest"):
+        restore_run("rar-tampered")
+    assert backup.read_bytes() == b"tampered"  # kept, never deleted or uploaded
+    assert SqliteLedger().get("rar-tampered").status == "restore_failed"  # type: ignore[union-attr]

@@ -24,20 +24,30 @@ def hexdigest(h: Any) -> str:
 
 
 def copy_with_digest(src_fs: Any, src: str, dst_fs: Any, dst: str) -> tuple[str, int]:
-    """Copy one file and return (digest, bytes). Hashing overlaps writing (both release the GIL)."""
+    """Copy one file and return (digest, bytes).
+
+    Two reused buffers: while chunk i is written, a worker thread hashes it (both release the GIL)
+    and chunk i+1 is read into the other buffer.
+    """
     digest = hasher()
     size = 0
+    buffers = [bytearray(CHUNK), bytearray(CHUNK)]
     with ThreadPoolExecutor(max_workers=1) as pool, src_fs.open(src, "rb") as reader, \
             dst_fs.open(dst, "wb") as writer:
         pending = None
-        while chunk := reader.read(CHUNK):
+        i = 0
+        while True:
+            view = memoryview(buffers[i % 2])
+            n = reader.readinto(view)
             if pending is not None:
-                pending.result()
+                pending.result()  # the other buffer is free again
+            if not n:
+                break
+            chunk = view[:n]
             pending = pool.submit(digest.update, chunk)
             writer.write(chunk)
-            size += len(chunk)
-        if pending is not None:
-            pending.result()
+            size += n
+            i += 1
     return hexdigest(digest), size
 
 
