@@ -33,3 +33,15 @@ def allowed_paths() -> list[Path]:
     """Optional allowlist of roots for checkpoint stores: ``MLCHAOS_ALLOWED_PATHS`` (os.pathsep-separated)."""
     raw = os.environ.get("MLCHAOS_ALLOWED_PATHS", "")
     return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+
+
+def configure_airflow_home(home: Path, dags_folder: Path | None = None) -> None:
+    """Set the environment for an embedded Airflow; call before anything imports airflow."""
+    home.mkdir(parents=True, exist_ok=True)
+    dags = dags_folder or home / "dags"
+    dags.mkdir(parents=True, exist_ok=True)
+    os.environ["AIRFLOW_HOME"] = str(home)
+    os.environ["AIRFLOW__CORE__LOAD_EXAMPLES"] = "False"
+    os.environ["AIRFLOW__CORE__DAGS_FOLDER"] = str(dags)
+    os.environ.setdefault("AIRFLOW__DATABASE__SQL_ALCHEMY_CONN", f"sqlite:///{home / 'airflow.db'}")
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "WARNING")

@@ -14,7 +14,12 @@ from typing import Any
 import pytest
 import yaml
 
+from mlchaos_steps.config import configure_airflow_home
 from mlchaos_steps.examples import workloads
+
+# Before anything imports airflow: an Airflow home of the test session's own, on SQLite.
+configure_airflow_home(Path(__import__("tempfile").mkdtemp(prefix="mlchaos-test-airflow-")))
+os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 
 BIN = Path(sys.executable).parent
 

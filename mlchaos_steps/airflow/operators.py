@@ -1,0 +1,141 @@
+"""Airflow operators over the engine: one per phase, and the promotion gate.
+
+Thin adapters: no fault logic lives here. Heavy imports (the engine's MLflow parts, chaoslib) happen
+inside ``execute``; building these operators at DAG-parse time validates the stage spec and nothing else.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+from airflow.sdk import BaseOperator, BaseOperatorLink
+from airflow.sdk.exceptions import AirflowFailException
+
+PHASES = ("snapshot", "inject", "verify", "restore")
+
+
+class MlflowRunLink(BaseOperatorLink):
+    """Opens the MLflow run that holds the stage's evidence (pushed by the verify task)."""
+
+    name = "MLflow run"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        from airflow.models.xcom import XCom
+
+        return str(XCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
+
+
+def mlflow_run_url(run_id: str) -> str:
+    from mlchaos_steps.targets.mlflow import client, tracking_uri
+
+    base = os.environ.get("MLCHAOS_MLFLOW_UI_URL") or (
+        tracking_uri() if tracking_uri().startswith("http") else "http://127.0.0.1:5000")
+    experiment = client().get_run(run_id).info.experiment_id
+    return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
+
+
+def _use_connection(conn_id: str | None) -> None:
+    """Point MLflow at an Airflow ``mlflow`` connection, when one is named."""
+    if not conn_id:
+        return
+    from mlchaos_steps.airflow.hooks import MlflowHook
+
+    MlflowHook(conn_id).configure_environment()
+
+
+class ChaosPhaseOperator(BaseOperator):
+    """Runs one phase of a chaos stage. The run key is ``<dag_id>/<run_id>/<stage group>``, so retries
+    of any task reuse it and never inject twice.
+
+    ``verify`` fails the task (no retry) when the verdict is ``failed`` or ``inconclusive``.
+    """
+
+    template_fields: Sequence[str] = ("model", "version")
+    operator_extra_links = (MlflowRunLink(),)
+    ui_color = "#fbe3e4"
+
+    def __init__(self, *, stage_document: dict[str, Any], phase: str, stage_key: str, model: str | None = None,
+                 version: str | None = None, mlflow_conn_id: str | None = None, **kwargs: Any):
+        if phase not in PHASES:
+            raise ValueError(f"phase {phase!r}: use one of {', '.join(PHASES)}")
+        super().__init__(**kwargs)
+        self.stage_document, self.phase, self.stage_key = stage_document, phase, stage_key
+        self.model, self.version, self.mlflow_conn_id = model, version, mlflow_conn_id
+        self._run_key: str | None = None
+
+    def run_key(self, context: Any) -> str:
+        return f"{context['dag'].dag_id}/{context['run_id']}/{self.stage_key}"
+
+    def execute(self, context: Any) -> Any:
+        from mlchaos_steps.engine import restore_run, run_phase
+        from mlchaos_steps.errors import MlchaosError
+        from mlchaos_steps.stages import parse_stage
+
+        _use_connection(self.mlflow_conn_id)
+        self._run_key = key = self.run_key(context)
+        if self.phase == "restore":
+            try:
+                return restore_run(key)
+            except MlchaosError as exc:
+                raise AirflowFailException(str(exc)) from exc
+        stage = parse_stage(self.stage_document)
+        try:
+            result = run_phase(stage, self.phase, key, model=self.model or None, version=self.version or None)  # type: ignore[arg-type]
+        except MlchaosError as exc:
+            raise AirflowFailException(f"{self.phase} of {stage.stage_id}: {exc}") from exc
+        if self.phase != "verify":
+            return {"status": result.status, "run_key": key}
+        verdict = result.verdict
+        assert verdict is not None
+        from mlchaos_steps.engine.ledger import default_ledger
+
+        execution = default_ledger().get(key)
+        run_id = execution.state.get("mlflow_run_id") if execution else None
+        if run_id:
+            try:
+                context["ti"].xcom_push(key=MlflowRunLink().xcom_key, value=mlflow_run_url(run_id))
+            except Exception as exc:  # a missing link never changes the verdict
+                self.log.warning("no MLflow link: %s", exc)
+        summary = {"verdict": verdict.status, "reason": verdict.reason, "metrics": verdict.metrics, "run_key": key,
+                   "mlflow_run_id": run_id}
+        if verdict.status != "passed":
+            raise AirflowFailException(f"{stage.stage_id} verdict {verdict.status}: {verdict.reason}")
+        return summary
+
+    def on_kill(self) -> None:
+        if self._run_key:
+            from mlchaos_steps.engine import restore_run
+
+            restore_run(self._run_key)
+
+
+class PromotionGateOperator(BaseOperator):
+    """Moves the alias only when every required stage passed on that exact version; fails the task otherwise.
+
+    Example::
+
+        PromotionGateOperator(task_id="gate", model="churn", version="{{ ti.xcom_pull('register') }}",
+                              require=["checkpoint-wipe", "registry-artifact-removal"])
+    """
+
+    template_fields: Sequence[str] = ("model", "version")
+    ui_color = "#e4f0e8"
+
+    def __init__(self, *, model: str, version: str, require: Sequence[str], alias: str = "champion",
+                 mlflow_conn_id: str | None = None, **kwargs: Any):
+        if not require:
+            raise ValueError("require: name at least one stage id the version must have passed")
+        super().__init__(**kwargs)
+        self.model, self.version, self.require, self.alias = model, version, list(require), alias
+        self.mlflow_conn_id = mlflow_conn_id
+
+    def execute(self, context: Any) -> Any:
+        from mlchaos_steps.gate import promote
+
+        _use_connection(self.mlflow_conn_id)
+        decision = promote(self.model, str(self.version), self.require, alias=self.alias)
+        if not decision.promoted:
+            raise AirflowFailException(f"promotion blocked: {decision.reason}")
+        return {"promoted": True, "version": decision.version, "reason": decision.reason}
