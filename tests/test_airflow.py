@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from conftest import tree_digests, wipe_doc
+
 
 @pytest.fixture(scope="session")
 def airflow_db() -> Path:
@@ -108,6 +108,7 @@ def test_insert_between_two_tasks(airflow_db: Path, store: Path) -> None:
     insert_chaos(dag, after="train", before="evaluate", stage=wipe_doc(store))
     assert "evaluate" not in dag.task_dict["train"].downstream_task_ids
     assert dag.task_dict["checkpoint-wipe.verify"].downstream_task_ids == {"evaluate", "checkpoint-wipe.restore"}
+    assert dag.task_dict["evaluate"].upstream_task_ids == {"checkpoint-wipe.verify", "checkpoint-wipe.restore"}
     assert str(run_dag(dag).state) == "success"
 
 

@@ -9,7 +9,21 @@ Example::
 """
 
 from mlchaos_steps.airflow.insertion import insert_chaos
-from mlchaos_steps.airflow.operators import ChaosPhaseOperator, MlflowRunLink, PromotionGateOperator
+from mlchaos_steps.airflow.operators import (
+    ChaosPhaseOperator,
+    ChaosVerifyOperator,
+    MlflowRunLink,
+    PromotionGateOperator,
+    carry_verdicts,
+)
 from mlchaos_steps.airflow.task_group import ChaosStage
 
-__all__ = ["ChaosPhaseOperator", "ChaosStage", "MlflowRunLink", "PromotionGateOperator", "insert_chaos"]
+__all__ = [
+    "ChaosPhaseOperator",
+    "ChaosStage",
+    "ChaosVerifyOperator",
+    "MlflowRunLink",
+    "PromotionGateOperator",
+    "carry_verdicts",
+    "insert_chaos",
+]

@@ -53,7 +53,6 @@ class ChaosPhaseOperator(BaseOperator):
     """
 
     template_fields: Sequence[str] = ("model", "version")
-    operator_extra_links = (MlflowRunLink(),)
     ui_color = "#fbe3e4"
 
     def __init__(self, *, stage_document: dict[str, Any], phase: str, stage_key: str, model: str | None = None,
@@ -111,6 +110,16 @@ class ChaosPhaseOperator(BaseOperator):
             restore_run(self._run_key)
 
 
+class ChaosVerifyOperator(ChaosPhaseOperator):
+    """The verify phase, with a link to the MLflow run holding its evidence."""
+
+    operator_extra_links = (MlflowRunLink(),)
+    ui_color = "#f6c1c4"
+
+    def __init__(self, **kwargs: Any):
+        super().__init__(phase="verify", **kwargs)
+
+
 class PromotionGateOperator(BaseOperator):
     """Moves the alias only when every required stage passed on that exact version; fails the task otherwise.
 
@@ -139,3 +148,28 @@ class PromotionGateOperator(BaseOperator):
         if not decision.promoted:
             raise AirflowFailException(f"promotion blocked: {decision.reason}")
         return {"promoted": True, "version": decision.version, "reason": decision.reason}
+
+
+def carry_verdicts(context: Any, model: str, version: str, stage_groups: Sequence[str]) -> dict[str, str]:
+    """Write the verdicts of ChaosStages that ran earlier in this DAG run onto a model version.
+
+    For stages that run before the version exists (checkpoint-wipe before ``register``): call it from
+    the task that registers the model. Returns ``{stage id: verdict}``; a stage without a verdict is
+    left out, so the gate sees it missing and blocks.
+    """
+    from mlchaos_steps.engine.ledger import default_ledger
+    from mlchaos_steps.engine.verdict import Verdict
+    from mlchaos_steps.gate.verdicts import record_verdict
+    from mlchaos_steps.targets.mlflow import ModelRef
+
+    carried = {}
+    for group in stage_groups:
+        key = f"{context['dag'].dag_id}/{context['run_id']}/{group}"
+        execution = default_ledger().get(key)
+        if execution is None or not execution.verdict_detail:
+            continue
+        verdict = Verdict.model_validate(execution.verdict_detail)
+        record_verdict(ModelRef(model, str(version)), execution.stage_id, verdict,
+                       execution.state.get("mlflow_run_id", ""), key)
+        carried[execution.stage_id] = verdict.status
+    return carried

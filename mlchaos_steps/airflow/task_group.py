@@ -2,8 +2,9 @@
 
 ``train >> ChaosStage(stage="stages/wipe.yaml") >> evaluate`` builds, inside one task group:
 ``snapshot`` (a setup task) >> ``inject`` >> ``verify`` >> ``restore`` (the teardown of snapshot), so
-restore always runs once snapshot succeeded, and downstream tasks hang off ``verify``: a failed or
-inconclusive verdict makes them ``upstream_failed`` and the DAG run fails.
+restore always runs once snapshot succeeded. Downstream tasks hang off ``verify`` and ``restore``: a
+failed or inconclusive verdict makes them ``upstream_failed`` and the DAG run fails, and they never
+start before the system is put back.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from airflow.sdk import TaskGroup
 
-from mlchaos_steps.airflow.operators import ChaosPhaseOperator
+from mlchaos_steps.airflow.operators import ChaosPhaseOperator, ChaosVerifyOperator
 from mlchaos_steps.errors import SpecError
 from mlchaos_steps.stages import StageSpec, load_stages, parse_stage
 
@@ -56,7 +57,13 @@ class ChaosStage(TaskGroup):
             common["dag"] = kwargs["dag"]
         self.snapshot = ChaosPhaseOperator(task_id="snapshot", phase="snapshot", **common).as_setup()
         self.inject = ChaosPhaseOperator(task_id="inject", phase="inject", **common)
-        self.verify = ChaosPhaseOperator(task_id="verify", phase="verify", retries=0, **common)
+        self.verify = ChaosVerifyOperator(task_id="verify", retries=0, **common)
         self.restore = ChaosPhaseOperator(task_id="restore", phase="restore", **common)
         self.snapshot >> self.inject >> self.verify >> self.restore
         self.restore.as_teardown(setups=self.snapshot)
+
+    def get_leaves(self) -> Any:
+        """Downstream tasks wait for the verdict and for the system to be restored (a promotion must not
+        see the artifacts still missing, an evaluation must not see the checkpoint still damaged)."""
+        yield self.verify
+        yield self.restore

@@ -170,9 +170,9 @@ class CanaryRouter:
 
 def start_router(stable: str, canary: str, canary_weight: int = 30, analysis: dict[str, object] | None = None,
                  model: str | None = None, version: str | None = None, canary_pid: int | None = None,
-                 rollback: bool = True, log_path: Path | None = None) -> CanaryRouter:
+                 rollback: bool = True, log_path: Path | None = None, port: int | None = None) -> CanaryRouter:
     """The reference canary router (``mlchaos_steps.rollouts.router``); ``rollback=False`` runs no analysis."""
-    port = free_port()
+    port = port or free_port()
     argv = [sys.executable, "-m", "mlchaos_steps.rollouts.router", "--port", str(port), "--stable", stable,
             "--canary", canary, "--canary-weight", str(canary_weight),
             "--analysis", json.dumps(analysis or {"interval_s": 0.5, "count": 10_000})]
@@ -183,7 +183,7 @@ def start_router(stable: str, canary: str, canary_weight: int = 30, analysis: di
     if not rollback:
         argv.append("--no-analysis")
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
-    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT)
+    process = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     router = CanaryRouter(port, process)
     _wait_for(router.url + "/mlchaos/state", process, 30)
     return router
