@@ -212,3 +212,53 @@ def test_provider_info_entry_point() -> None:
              and e.value.startswith("mlchaos_steps")]
     info = ep.load()()
     assert info["connection-types"][0]["connection-type"] == "mlflow"
+
+
+def test_cluster_policy_inserts_declared_stages_without_editing_the_dag(airflow_db: Path, store: Path,
+                                                                      tmp_path: Path) -> None:
+    """A DAG file that only declares stages (a sidecar YAML, and params) gets them when Airflow parses it."""
+    import yaml
+    from airflow.dag_processing.dagbag import DagBag
+
+    from mlchaos_steps.airflow.local_run import run_dag, task_states
+
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "wipe.yaml").write_text(yaml.safe_dump(wipe_doc(store, "delete-latest")))
+    (folder / "existing.py").write_text(
+        "from airflow.sdk import DAG\n"
+        "from airflow.providers.standard.operators.empty import EmptyOperator\n"
+        "with DAG('existing_sidecar', schedule=None, tags=['mlchaos']) as dag:\n"
+        "    EmptyOperator(task_id='train') >> EmptyOperator(task_id='evaluate')\n"
+        "with DAG('existing_params', schedule=None, params={'mlchaos_stages': [\n"
+        "        {'after': 'train', 'stage': 'wipe.yaml', 'group_id': 'wipe'}]}) as dag2:\n"
+        "    EmptyOperator(task_id='train') >> EmptyOperator(task_id='evaluate')\n"
+        "with DAG('untouched', schedule=None) as dag3:\n"
+        "    EmptyOperator(task_id='train') >> EmptyOperator(task_id='evaluate')\n")
+    (folder / "existing.mlchaos.yaml").write_text(yaml.safe_dump(
+        {"existing_sidecar": [{"after": "train", "before": "evaluate", "stage": "wipe.yaml"}]}))
+    bag = DagBag(dag_folder=str(folder))
+    assert not bag.import_errors, bag.import_errors
+    sidecar, params, untouched = (bag.get_dag(d) for d in ("existing_sidecar", "existing_params", "untouched"))
+    assert "checkpoint-wipe.verify" in sidecar.task_dict
+    assert sidecar.task_dict["evaluate"].upstream_task_ids == {"checkpoint-wipe.verify", "checkpoint-wipe.restore"}
+    assert "wipe.verify" in params.task_dict
+    assert set(untouched.task_dict) == {"train", "evaluate"}
+    state = run_dag(sidecar)
+    assert str(state.state) == "success", task_states(state)
+
+
+def test_cluster_policy_errors_are_import_errors(airflow_db: Path, tmp_path: Path) -> None:
+    from airflow.dag_processing.dagbag import DagBag
+
+    folder = tmp_path / "dags"
+    folder.mkdir()
+    (folder / "bad.py").write_text(
+        "from airflow.sdk import DAG\n"
+        "from airflow.providers.standard.operators.empty import EmptyOperator\n"
+        "with DAG('bad_declared', schedule=None, params={'mlchaos_stages': [\n"
+        "        {'after': 'nope', 'stage': {'kind': 'CheckpointWipe', 'spec': {}}}]}) as dag:\n"
+        "    EmptyOperator(task_id='train')\n")
+    bag = DagBag(dag_folder=str(folder))
+    (error,) = bag.import_errors.values()
+    assert "bad_declared" in error

@@ -185,7 +185,8 @@ def _dag(dag_id: str, schedule: str | None = None, **kw: Any) -> Any:
 
     from airflow.sdk import DAG
 
-    return DAG(dag_id, schedule=schedule, start_date=datetime(2026, 1, 1), catchup=False, tags=["mlchaos"], **kw)
+    return DAG(dag_id, schedule=schedule, start_date=datetime(2026, 1, 1), catchup=False, tags=["chaos", "example"],
+               **kw)
 
 
 def retraining_dag(dag_id: str = "retraining_with_chaos") -> Any:
