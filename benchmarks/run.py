@@ -285,7 +285,54 @@ def artifact_backup_restore() -> dict[str, Any]:
         shutil.rmtree(work, ignore_errors=True)
 
 
+def airflow_parse() -> dict[str, Any]:
+    """Parsing a DAG file with four chaos stages against the same file without them, as whole processes."""
+    script = Path(__file__).with_name("parse_dag.py")
+    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    with_s, without_s, heavy = [], [], set()
+    subprocess.run([sys.executable, str(script), "4"], env=env, capture_output=True, check=True)  # warm caches
+    for _ in range(max(REPEATS, 10)):
+        for count, bucket in ((4, with_s), (0, without_s)):
+            t0 = time.perf_counter()
+            out = subprocess.run([sys.executable, str(script), str(count)], env=env, capture_output=True,
+                                 text=True, check=True).stdout.split()
+            bucket.append(time.perf_counter() - t0)
+            heavy.update(x for x in (out[1].split(",") if len(out) > 1 else []) if x)
+    deltas = [(a - b) * 1000 for a, b in zip(with_s, without_s, strict=True)]
+    return {
+        "what": "python benchmarks/parse_dag.py 4 vs 0: a 6-task DAG with and without four ChaosStages "
+                "(import of mlchaos_steps.airflow included), interleaved pairs",
+        "with_stages_seconds": stats(with_s, 3), "without_seconds": stats(without_s, 3),
+        "overhead_ms": stats(deltas, 1), "heavy_modules_imported": sorted(heavy),
+        "target_overhead_ms_max": 50,
+    }
+
+
+def insert_chaos_1000() -> dict[str, Any]:
+    """insert_chaos into a 1,000-task DAG (a chain plus fan-out), validation included."""
+    from airflow.providers.standard.operators.empty import EmptyOperator
+    from airflow.sdk import DAG
+
+    from mlchaos_steps.airflow import insert_chaos
+
+    doc = {"kind": "CheckpointWipe", "spec": {"store": "file:///data/ckpts", "resume": {
+        "command": ["python", "train.py"], "max_lost_steps": 1}}}
+    seconds = []
+    for i in range(REPEATS):
+        with DAG(f"big_{i}", schedule=None) as dag:
+            tasks = [EmptyOperator(task_id=f"t{j}") for j in range(1000)]
+            for j in range(1, 1000):
+                tasks[(j - 1) // 2] >> tasks[j]  # a binary tree: 999 edges
+        t0 = time.perf_counter()
+        insert_chaos(dag, after="t0", stage=doc)
+        seconds.append(time.perf_counter() - t0)
+    return {"what": "insert_chaos(after='t0') into a 1,000-task DAG, re-wiring its downstream, with "
+                    "check_cycle() and validate()", "seconds": stats(seconds, 3), "target_seconds_max": 1.0}
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "airflow_parse": airflow_parse,
+    "insert_chaos_1000": insert_chaos_1000,
     "gate_decision": gate_decision,
     "artifact_backup_restore": artifact_backup_restore,
     "checkpoint_inject": checkpoint_inject,
@@ -295,6 +342,9 @@ BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
 
 
 def main(argv: list[str]) -> int:
+    from mlchaos_steps.config import configure_airflow_home
+
+    configure_airflow_home(Path(tempfile.mkdtemp(prefix="mlchaos-bench-airflow-")))
     chosen = argv or list(BENCHMARKS)
     results = json.loads(RESULTS.read_text()) if RESULTS.exists() else {}
     results["machine"] = {"python": platform.python_version(), "platform": platform.platform(),

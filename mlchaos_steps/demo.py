@@ -1,124 +1,134 @@
-"""``mlchaos demo``: all four stages and the promotion gate against real workloads on this machine.
+"""``mlchaos demo``: the example retraining and deployment DAGs, run by Airflow's ``dag.test()``.
 
-Healthy (default): a trainer that resumes from its newest intact checkpoint, a uvicorn server that
-respawns workers, a scikit-learn model whose loss of artifacts is detected, and a canary router whose
-analysis aborts a failing canary. Every stage passes and the gate promotes the candidate to
-``@champion``. ``--broken``: a trainer that trusts a damaged checkpoint, a server that never respawns,
-a model that silently loads without its weights, and a router with no analysis: every stage fails
-and the gate refuses. Either way everything is restored.
+Everything is local: an Airflow home under ``$MLCHAOS_HOME/airflow`` (SQLite, migrated on first use),
+the embedded MLflow (unless ``MLFLOW_TRACKING_URI`` is set), real processes for serving. Healthy
+(default): every stage passes and both gates promote. ``--broken``: a trainer that trusts a damaged
+checkpoint, a model that loads without its weights, a server that never respawns and a router with no
+analysis: the stages fail, the gates end ``upstream_failed`` and nothing is promoted. Either way
+everything is restored.
 """
 
 from __future__ import annotations
 
 import os
 import shutil
+import socket
 import tempfile
 import uuid
 from pathlib import Path
+from typing import Any
 
 from rich.console import Console
 from rich.table import Table
 
-from mlchaos_steps.engine import restore_run, run_stage
-from mlchaos_steps.engine.ledger import RESTORED, default_ledger
-from mlchaos_steps.engine.phases import StageOutcome, new_run_key
-from mlchaos_steps.examples import workloads
-from mlchaos_steps.stages import parse_stage
+from mlchaos_steps import config
 
-STAGES = ["checkpoint-wipe", "pod-delete", "registry-artifact-removal", "canary-failure"]
+STAGE_GROUPS = {
+    "retraining_with_chaos": ["checkpoint-wipe", "registry-artifact-removal"],
+    "deployment_with_chaos": ["canary-failure", "pod-delete"],
+}
+
+
+def _free_port_block(n: int = 4) -> int:
+    for _ in range(100):
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            base = probe.getsockname()[1]
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return int(base)
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports on 127.0.0.1")
 
 
 def run_demo(broken: bool = False, workdir: str | None = None) -> int:
-    from mlchaos_steps.examples.models import SAMPLE_INPUT, register_silent_fallback, register_sklearn
-    from mlchaos_steps.gate import promote
-    from mlchaos_steps.targets.mlflow import client, tracking_uri
-
     console = Console()
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mlchaos-demo-"))
     root.mkdir(parents=True, exist_ok=True)
-    store = root / "checkpoints"
-    shutil.rmtree(store, ignore_errors=True)
-    label = "broken" if broken else "healthy"
-    console.print(f"[bold]mlchaos demo[/] ({label} workloads) in {root}; MLflow at {tracking_uri()}")
-
-    console.print("training the example model: 500 steps, a checkpoint every 100 ...")
-    workloads.train(store)
+    airflow_home = config.home() / "airflow"
+    first_use = not (airflow_home / "airflow.db").exists()
+    # Airflow's own task logs (tracebacks of the failing verify tasks included) would drown the summary.
+    os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "CRITICAL")
+    config.configure_airflow_home(airflow_home)  # before anything imports airflow
     model = f"demo-churn-{uuid.uuid4().hex[:6]}"
-    console.print(f"registering {model}: v1 as @champion, v2 as @challenger (the candidate) ...")
-    champion = register_sklearn(model)
-    candidate = register_silent_fallback(model, root) if broken else register_sklearn(model)
-    client().set_registered_model_alias(model, "champion", champion)
-    client().set_registered_model_alias(model, "challenger", candidate)
+    os.environ.update({"MLCHAOS_EXAMPLE_DIR": str(root), "MLCHAOS_EXAMPLE_MODEL": model,
+                       "MLCHAOS_EXAMPLE_PORT_BASE": str(_free_port_block()),
+                       "MLCHAOS_EXAMPLE_BROKEN": "1" if broken else "0"})
 
-    console.print("starting a 2-worker server, the stable and canary model servers and the canary router ...")
-    server = workloads.start_server(healthy=not broken, log_path=root / "server.log")
-    stable = workloads.start_model_server(f"models:/{model}@champion", log_path=root / "stable.log")
-    canary = workloads.start_model_server(f"models:/{model}@challenger", log_path=root / "canary.log")
-    router = workloads.start_router(stable.url, canary.url, canary_weight=30, rollback=not broken,
-                                    analysis={"interval_s": 0.5, "count": 10_000}, model=model, version=candidate,
-                                    log_path=root / "router.log")
-    outcomes: list[StageOutcome] = []
-    try:
-        stages = [
-            parse_stage({"kind": "CheckpointWipe", "spec": {
-                "store": store.as_uri(), "pattern": r"step-(\d+)", "mode": "corrupt-latest", "count": 1,
-                "resume": {"command": workloads.resume_command(store, broken=broken), "max_lost_steps": 200}}}),
-            parse_stage({"kind": "PodDelete", "spec": {
-                "target": {"local": {"selector": server.selector}}, "count": 1, "signal": "SIGKILL",
-                "recovery_slo_s": 5 if broken else 30,
-                "probe": {"http": {"url": server.url + "/ping", "min_success_ratio": 0.95}}}}),
-            parse_stage({"kind": "RegistryArtifactRemoval", "spec": {
-                "model": model, "version": "@challenger", "scope": "weights", "expect": "detected"}}),
-            parse_stage({"kind": "CanaryFailure", "spec": {
-                "model": model, "candidate": "@challenger", "router": {"url": router.url}, "fault": "errors",
-                "rollback_within_s": 5 if broken else 20, "stable": {"min_success_ratio": 0.99},
-                "traffic": {"sample": SAMPLE_INPUT}}}),
-        ]
-        key = new_run_key().replace("adhoc", "demo")
-        for stage in stages:
-            console.print(f"running {stage.stage_id}: {stage.describe()} ...")
-            outcomes.append(run_stage(stage, f"{key}.{stage.stage_id}", model=model, version=candidate))
-            if not outcomes[-1].restored and stage.stage_id == "pod-delete":
-                # Nobody respawned the killed worker, so restore kept the run open. Do what an operator
-                # would: restart the workload, then restore again.
-                console.print("[yellow]restore found a worker missing and kept the run open[/]; restarting the "
-                              "server as an operator would, then restoring again ...")
-                server.stop()
-                server = workloads.start_server(healthy=not broken, log_path=root / "server.log",
-                                                label=server.app_label, port=server.port)
-                restore_run(outcomes[-1].run_key)
-    finally:
-        for process in (router, canary, stable, server):
-            process.stop()
+    from mlchaos_steps.airflow.local_run import migrate, run_dag, task_states
+    from mlchaos_steps.engine.ledger import RESTORED, default_ledger
+    from mlchaos_steps.examples.pipeline import deployment_dag, retraining_dag
+    from mlchaos_steps.targets.mlflow import alias_version, tracking_uri
 
-    console.print(f"gate: promote {model} v{candidate} to @champion if {', '.join(STAGES)} passed ...")
-    decision = promote(model, candidate, STAGES)
+    label = "broken" if broken else "healthy"
+    console.print(f"[bold]mlchaos demo[/] ({label} workloads): Airflow home {airflow_home}, MLflow {tracking_uri()}, "
+                  f"files in {root}")
+    if first_use:
+        console.print("migrating the Airflow metadata database (first use) ...")
+    migrate()
 
-    table = Table(title=f"verdicts on {model} v{candidate} ({label} workloads)")
-    for column in ("stage", "verdict", "why", "restored"):
-        table.add_column(column, overflow="fold")
+    results: list[dict[str, Any]] = []
+    gates: dict[str, str] = {}
     ledger = default_ledger()
-    for outcome in outcomes:
-        style = {"passed": "green", "failed": "red"}.get(outcome.verdict.status, "yellow")
-        execution = ledger.get(outcome.run_key)
-        restored = "yes" if outcome.restored else "after the operator restarted it" if (
-            execution and execution.status == RESTORED) else f"NO: {outcome.restore_error}"
-        table.add_row(outcome.stage_id, f"[{style}]{outcome.verdict.status}[/]", outcome.verdict.reason, restored)
-    console.print(table)
-    colour = "green" if decision.promoted else "red"
-    console.print(f"promotion gate: [{colour}]{'promoted' if decision.promoted else 'blocked'}[/] — {decision.reason}")
+    for build in (retraining_dag, deployment_dag):
+        dag = build()
+        console.print(f"running DAG [bold]{dag.dag_id}[/] with dag.test() ...")
+        run = run_dag(dag)
+        states = task_states(run)
+        gates[dag.dag_id] = states.get("gate", "?")
+        for group in STAGE_GROUPS[dag.dag_id]:
+            execution = ledger.get(f"{dag.dag_id}/{run.run_id}/{group}")
+            detail = execution.verdict_detail if execution else None
+            results.append({
+                "dag": dag.dag_id, "stage": group,
+                "verdict": execution.verdict if execution and execution.verdict else "not run",
+                "why": (detail or {}).get("reason") or f"{group}.snapshot: {states.get(f'{group}.snapshot')}",
+                "restored": "n/a" if execution is None else "yes" if execution.status == RESTORED else "NO",
+            })
 
-    all_restored = all((e := ledger.get(o.run_key)) is not None and e.status == RESTORED for o in outcomes)
-    expected = "failed" if broken else "passed"
-    as_expected = all(o.verdict.status == expected for o in outcomes) and decision.promoted is not broken
-    restored_text = "everything restored" if all_restored else "[red]NOT all restored[/]"
-    console.print(f"ledger {ledger.location}: {restored_text}")
+    table = Table(title=f"mlchaos demo: verdicts on {model} ({label} workloads)")
+    for column in ("DAG", "stage", "verdict", "why", "restored"):
+        table.add_column(column, overflow="fold")
+    for r in results:
+        style = {"passed": "green", "failed": "red"}.get(r["verdict"], "yellow")
+        table.add_row(r["dag"], r["stage"], f"[{style}]{r['verdict']}[/]", r["why"], r["restored"])
+    console.print(table)
+    champion = alias_version(model, "champion")
+    from mlchaos_steps.targets.mlflow import client
+
+    promoted_by_gate = bool(champion) and client().get_model_version(model, champion).tags.get(
+        "mlchaos.gate") == "promoted"
+    for dag_id, state in gates.items():
+        decision = "promoted" if state == "success" else f"refused ({state})"
+        colour = "green" if state == "success" else "red"
+        console.print(f"promotion gate in {dag_id}: [{colour}]{decision}[/]")
+    how = "promoted by the gate" if promoted_by_gate else "nothing was promoted"
+    console.print(f"@champion of {model}: {'v' + champion if champion else 'none'} ({how})")
+
+    ran = [r for r in results if r["verdict"] != "not run"]
+    all_restored = all(r["restored"] == "yes" for r in ran)
+    console.print("ledger: " + ("everything restored" if all_restored else "[red]NOT all restored[/]")
+                  + f" ({ledger.location})")
     uri = tracking_uri()
     ui = f"mlflow ui --backend-store-uri {uri}" if uri.startswith("sqlite:") else f"open {uri}"
-    console.print(f"next: `{ui}` shows the tags on {model} v{candidate} and the evidence runs in experiment "
-                  "'mlchaos'; `mlchaos ledger` lists every run; "
+    console.print(f"next: `{ui}` shows the verdict tags on {model} and the evidence runs (experiment 'mlchaos'); "
+                  "`mlchaos ledger` lists every run; the DAGs are in dags/; "
                   + ("`mlchaos demo` runs the healthy workloads." if broken else
-                     "`mlchaos demo --broken` runs broken workloads, where every stage fails and the gate refuses."))
-    if os.environ.get("MLCHAOS_DEMO_KEEP") != "1" and not workdir:
+                     "`mlchaos demo --broken` runs broken workloads, where the gates refuse."))
+    if not workdir:
         shutil.rmtree(root, ignore_errors=True)
+    if broken:
+        as_expected = (all(r["verdict"] in ("failed", "not run") for r in results) and ran
+                       and all(s != "success" for s in gates.values()) and not promoted_by_gate)
+    else:
+        as_expected = all(r["verdict"] == "passed" for r in results) and all(
+            s == "success" for s in gates.values()) and promoted_by_gate
     return 0 if all_restored and as_expected else 1

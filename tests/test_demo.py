@@ -1,6 +1,7 @@
 """`mlchaos demo` is the first thing a newcomer runs: it must work and leave nothing broken.
 
-It runs on the embedded MLflow (SQLite under MLCHAOS_HOME), as on a fresh laptop."""
+It runs the example DAGs through Airflow on the embedded MLflow (SQLite under MLCHAOS_HOME), as on a
+fresh laptop."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path
     proc = mlchaos("demo", "--workdir", str(tmp_path / "demo"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "everything restored" in proc.stdout
-    assert "promotion gate: promoted" in proc.stdout
+    assert "promotion gate in retraining_with_chaos: promoted" in proc.stdout
+    assert "promotion gate in deployment_with_chaos: promoted" in proc.stdout
     rows = json.loads(mlchaos("ledger", "--json").stdout)
     assert {r["stage"]: r["verdict"] for r in rows} == dict.fromkeys(STAGES, "passed")
     assert {r["status"] for r in rows} == {"restored"}
@@ -25,7 +27,10 @@ def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path
 def test_demo_broken_shows_both_stages_failing(tmp_path: Path) -> None:
     proc = mlchaos("demo", "--broken", "--workdir", str(tmp_path / "demo"))
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "promotion gate: blocked" in proc.stdout
+    assert "promotion gate in retraining_with_chaos: refused (upstream_failed)" in proc.stdout
+    assert "promotion gate in deployment_with_chaos: refused (upstream_failed)" in proc.stdout
+    assert "nothing was promoted" in proc.stdout
     rows = json.loads(mlchaos("ledger", "--json").stdout)
-    assert {r["stage"]: r["verdict"] for r in rows} == dict.fromkeys(STAGES, "failed")
+    # the first stage of each DAG fails; the stages after it never start
+    assert {r["stage"]: r["verdict"] for r in rows} == {"checkpoint-wipe": "failed", "canary-failure": "failed"}
     assert {r["status"] for r in rows} == {"restored"}

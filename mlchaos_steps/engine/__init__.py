@@ -3,20 +3,31 @@
 Example::
 
     from mlchaos_steps.engine import run_stage, restore_run, restore_orphaned
+
+Attributes load on first use (PEP 562), so a stage module importing ``mlchaos_steps.engine.context``
+at DAG-parse time does not pull in the phase runner, the locks and the journal.
 """
 
-from mlchaos_steps.engine.phases import (
-    PHASES,
-    PhaseResult,
-    StageOutcome,
-    restore_orphaned,
-    restore_run,
-    run_phase,
-    run_stage,
-)
-from mlchaos_steps.engine.verdict import Verdict
+from __future__ import annotations
 
-__all__ = [
-    "PHASES", "PhaseResult", "StageOutcome", "Verdict", "restore_orphaned", "restore_run", "run_phase",
-    "run_stage",
-]
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "PHASES": "mlchaos_steps.engine.phases",
+    "PhaseResult": "mlchaos_steps.engine.phases",
+    "StageOutcome": "mlchaos_steps.engine.phases",
+    "restore_orphaned": "mlchaos_steps.engine.phases",
+    "restore_run": "mlchaos_steps.engine.phases",
+    "run_phase": "mlchaos_steps.engine.phases",
+    "run_stage": "mlchaos_steps.engine.phases",
+    "Verdict": "mlchaos_steps.engine.verdict",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'mlchaos_steps.engine' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
