@@ -198,17 +198,7 @@ def retraining_dag(dag_id: str = "retraining_with_chaos") -> Any:
 
     version = "{{ ti.xcom_pull(task_ids='register') }}"
     with _dag(dag_id) as dag:
-        @task(task_id="prepare")
-        def prepare_task() -> str:
-            return prepare(dag_id)
-
-        @task(task_id="train")
-        def train_task() -> str:
-            return train(dag_id)
-
-        @task(task_id="evaluate")
-        def evaluate_task() -> float:
-            return evaluate(dag_id)
+        prepared, trained, evaluated = _training_tasks(dag_id)
 
         @task(task_id="register")
         def register_task() -> str:
@@ -216,9 +206,28 @@ def retraining_dag(dag_id: str = "retraining_with_chaos") -> Any:
 
         gate = PromotionGateOperator(task_id="gate", model=model_name(), version=version,
                                      require=["checkpoint-wipe", "registry-artifact-removal"])
-        (prepare_task() >> train_task() >> ChaosStage(checkpoint_wipe_spec(dag_id)) >> evaluate_task()
+        (prepared >> trained >> ChaosStage(checkpoint_wipe_spec(dag_id)) >> evaluated
          >> register_task() >> ChaosStage(registry_spec(), model=model_name(), version=version) >> gate)
     return dag
+
+
+def _training_tasks(pipeline: str) -> tuple[Any, Any, Any]:
+    """prepare, train and evaluate as TaskFlow tasks of the DAG being built (not yet chained)."""
+    from airflow.sdk import task
+
+    @task(task_id="prepare")
+    def prepare_task() -> str:
+        return prepare(pipeline)
+
+    @task(task_id="train")
+    def train_task() -> str:
+        return train(pipeline)
+
+    @task(task_id="evaluate")
+    def evaluate_task() -> float:
+        return evaluate(pipeline)
+
+    return prepare_task(), train_task(), evaluate_task()
 
 
 def deployment_dag(dag_id: str = "deployment_with_chaos") -> Any:
@@ -276,20 +285,7 @@ def nightly_dag(dag_id: str = "nightly_resilience") -> Any:
 
 def plain_training_dag(dag_id: str = "plain_training") -> Any:
     """A DAG as users already have it: no chaos in it."""
-    from airflow.sdk import task
-
     with _dag(dag_id) as dag:
-        @task(task_id="prepare")
-        def prepare_task() -> str:
-            return prepare(dag_id)
-
-        @task(task_id="train")
-        def train_task() -> str:
-            return train(dag_id)
-
-        @task(task_id="evaluate")
-        def evaluate_task() -> float:
-            return evaluate(dag_id)
-
-        prepare_task() >> train_task() >> evaluate_task()
+        prepared, trained, evaluated = _training_tasks(dag_id)
+        prepared >> trained >> evaluated
     return dag

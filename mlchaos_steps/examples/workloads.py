@@ -27,31 +27,38 @@ def venv_bin() -> Path:
 
 
 @dataclass
-class ExampleServer:
-    """A running example server; ``healthy`` ones run under uvicorn's respawning supervisor."""
+class LocalService:
+    """A process this module started in its own session, listening on 127.0.0.1:``port``."""
 
     port: int
-    app_label: str
-    healthy: bool
-    workers: int
     process: subprocess.Popen[bytes] = field(repr=False)
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    @property
-    def selector(self) -> dict[str, object]:
-        return {"cmdline": "mlchaos_steps[.]examples[.]serving", "env": {"MLCHAOS_APP": self.app_label}}
-
     def stop(self) -> None:
+        """SIGTERM its whole process group; SIGKILL what is still there after 10 s."""
         if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
+            os.killpg(self.process.pid, signal.SIGTERM)
             try:
                 self.process.wait(timeout=10)
             except subprocess.TimeoutExpired:
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
+
+
+@dataclass
+class ExampleServer(LocalService):
+    """A running example server; ``healthy`` ones run under uvicorn's respawning supervisor."""
+
+    app_label: str = ""
+    healthy: bool = True
+    workers: int = 2
+
+    @property
+    def selector(self) -> dict[str, object]:
+        return {"cmdline": "mlchaos_steps[.]examples[.]serving", "env": {"MLCHAOS_APP": self.app_label}}
 
 
 def start_server(healthy: bool = True, workers: int = 2, port: int | None = None,
@@ -68,7 +75,7 @@ def start_server(healthy: bool = True, workers: int = 2, port: int | None = None
     env = {**os.environ, "MLCHAOS_APP": label}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = ExampleServer(port, label, healthy, workers, process)
+    server = ExampleServer(port, process, label, healthy, workers)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if process.poll() is not None:
@@ -115,25 +122,10 @@ def resume_command(store: Path, steps: int = 500, broken: bool = False, save: bo
 
 
 @dataclass
-class ModelServer:
+class ModelServer(LocalService):
     """``mlflow models serve`` of one model URI on 127.0.0.1."""
 
-    port: int
-    model_uri: str
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+    model_uri: str = ""
 
 
 def start_model_server(model_uri: str, port: int | None = None, log_path: Path | None = None,
@@ -148,24 +140,14 @@ def start_model_server(model_uri: str, port: int | None = None, log_path: Path |
                 "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(argv, env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    server = ModelServer(port, model_uri, process)
+    server = ModelServer(port, process, model_uri)
     _wait_for(server.url + "/ping", process, 90)
     return server
 
 
 @dataclass
-class CanaryRouter:
-    port: int
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            self.process.wait(timeout=10)
+class CanaryRouter(LocalService):
+    """The reference canary router."""
 
 
 def start_router(stable: str, canary: str, canary_weight: int = 30, analysis: dict[str, object] | None = None,
@@ -204,25 +186,10 @@ def _wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> N
 
 
 @dataclass
-class TrackingServer:
+class TrackingServer(LocalService):
     """``mlflow server`` on 127.0.0.1 with a SQLite backend and a local artifact root."""
 
-    port: int
-    root: Path
-    process: subprocess.Popen[bytes] = field(repr=False)
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+    root: Path = Path()
 
 
 def start_tracking_server(root: Path, port: int | None = None) -> TrackingServer:
@@ -235,6 +202,6 @@ def start_tracking_server(root: Path, port: int | None = None) -> TrackingServer
            "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
     process = subprocess.Popen(argv, env=env, stdout=open(root / "server.log", "ab"),  # noqa: SIM115
                                stderr=subprocess.STDOUT, start_new_session=True)
-    server = TrackingServer(port, root, process)
+    server = TrackingServer(port, process, root)
     _wait_for(server.url + "/health", process, 90)
     return server

@@ -54,7 +54,7 @@ def stage_for_id(stage_id: str) -> type[StageSpec]:
 def _format_validation_error(exc: ValidationError, source: str) -> SpecError:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in ("spec", *first["loc"]))
-    message = first["msg"]
+    message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field: remove it or check its spelling (`mlchaos schema` lists the fields)"
     elif first["type"] == "missing":

@@ -63,9 +63,20 @@ class StageSpec(BaseModel):
         return {}
 
     def model_ref(self, ctx: PhaseContext) -> ModelRef | None:
-        """The model version this stage is about, when the stage itself names one (verdicts go there)."""
-        return None
+        """The exact model version the verdict goes onto, once a phase resolved one into the state."""
+        from mlchaos_steps.targets.mlflow import ModelRef
+
+        ref = ctx.state.get("model_version")
+        return ModelRef(ref["name"], ref["version"]) if ref else None
 
     def target_ids(self) -> list[str]:
         """Stable names of what this stage breaks, for the per-target lease and file lock."""
         raise NotImplementedError
+
+
+def version_or_alias(value: Any) -> str:
+    """A model version as a stage field: a number or an ``@alias``, as text."""
+    text = str(value).strip()
+    if not text or not (text.isdigit() or (text.startswith("@") and len(text) > 1)):
+        raise ValueError(f"{value!r} is neither a version number nor an @alias (e.g. 3 or '@challenger')")
+    return text

@@ -33,7 +33,7 @@ from mlchaos_steps.engine.ledger import Action
 from mlchaos_steps.engine.probes import HttpSampler, http_request, summarize
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
-from mlchaos_steps.stages.base import StageSpec
+from mlchaos_steps.stages.base import StageSpec, version_or_alias
 from mlchaos_steps.stages.pod_delete import ProcessSelector
 
 POLL_S = 0.05
@@ -82,13 +82,7 @@ class CanaryFailure(StageSpec):
     stable: StableSlo = Field(default_factory=StableSlo)
     traffic: Traffic
 
-    @field_validator("candidate", mode="before")
-    @classmethod
-    def _version(cls, value: Any) -> str:
-        text = str(value).strip()
-        if not text or not (text.isdigit() or (text.startswith("@") and len(text) > 1)):
-            raise ValueError(f"{value!r} is neither a version number nor an @alias")
-        return text
+    _version = field_validator("candidate", mode="before")(version_or_alias)
 
     @model_validator(mode="after")
     def _crash_needs_processes(self) -> CanaryFailure:
@@ -101,12 +95,6 @@ class CanaryFailure(StageSpec):
 
     def describe(self) -> str:
         return f"{self.fault} on the canary of {self.model} {self.candidate}"
-
-    def model_ref(self, ctx: PhaseContext) -> Any:
-        from mlchaos_steps.targets.mlflow import ModelRef
-
-        ref = ctx.state.get("model_version")
-        return ModelRef(ref["name"], ref["version"]) if ref else None
 
     def _state(self) -> dict[str, Any]:
         try:

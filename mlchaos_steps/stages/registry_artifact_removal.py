@@ -29,7 +29,7 @@ from mlchaos_steps.engine.context import PhaseContext
 from mlchaos_steps.engine.ledger import Action
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
-from mlchaos_steps.stages.base import StageSpec
+from mlchaos_steps.stages.base import StageSpec, version_or_alias
 from mlchaos_steps.targets.files import file_digest
 
 
@@ -55,25 +55,13 @@ class RegistryArtifactRemoval(StageSpec):
     champion_alias: str = Field(default="champion", description="the alias serving relies on (fallback)")
     serving: ServingCheck | None = None
 
-    @field_validator("version", mode="before")
-    @classmethod
-    def _version(cls, value: Any) -> str:
-        text = str(value).strip()
-        if not text or not (text.isdigit() or (text.startswith("@") and len(text) > 1)):
-            raise ValueError(f"{value!r} is neither a version number nor an @alias (e.g. 3 or '@challenger')")
-        return text
+    _version = field_validator("version", mode="before")(version_or_alias)
 
     def target_ids(self) -> list[str]:
         return [f"mlflow-model:{self.model}"]
 
     def describe(self) -> str:
         return f"remove {self.scope} artifacts of {self.model} {self.version} (expect {self.expect})"
-
-    def model_ref(self, ctx: PhaseContext) -> Any:
-        from mlchaos_steps.targets.mlflow import ModelRef
-
-        ref = ctx.state.get("model_version")
-        return ModelRef(ref["name"], ref["version"]) if ref else None
 
     # -- phases -----------------------------------------------------------------------------------
     def _resolve(self) -> tuple[Any, Any, dict[str, int]]:
