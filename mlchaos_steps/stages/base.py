@@ -18,6 +18,12 @@ if TYPE_CHECKING:
     from mlchaos_steps.targets.mlflow import ModelRef
 
 
+class StrictModel(BaseModel):
+    """A part of a spec: unknown fields are errors, values are immutable."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
 class StageSpec(BaseModel):
     """Base class of stage specs. Subclasses set ``kind``, ``stage_id`` and ``title``."""
 

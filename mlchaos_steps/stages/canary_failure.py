@@ -26,33 +26,29 @@ import signal as signals
 import time
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mlchaos_steps.engine.context import PhaseContext, check_kill_switch
 from mlchaos_steps.engine.ledger import Action
 from mlchaos_steps.engine.probes import HttpSampler, http_request, summarize
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
-from mlchaos_steps.stages.base import StageSpec, version_or_alias
+from mlchaos_steps.stages.base import StageSpec, StrictModel, version_or_alias
 from mlchaos_steps.stages.pod_delete import ProcessSelector
 
 POLL_S = 0.05
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class RouterRef(_Strict):
+class RouterRef(StrictModel):
     url: str = Field(description="the canary router: /mlchaos/state, /mlchaos/fault, and the traffic it splits")
 
 
-class StableSlo(_Strict):
+class StableSlo(StrictModel):
     min_success_ratio: float = Field(default=0.99, ge=0, le=1)
     max_p99_ms: float | None = Field(default=None, gt=0)
 
 
-class Traffic(_Strict):
+class Traffic(StrictModel):
     path: str = "/invocations"
     sample: dict[str, Any] = Field(description="JSON body of each request")
     interval_ms: float = Field(default=20, gt=0, description="pause between requests of each client")
@@ -60,7 +56,7 @@ class Traffic(_Strict):
     clients: int = Field(default=4, ge=1, le=64, description="concurrent clients sending traffic")
 
 
-class CanaryTarget(_Strict):
+class CanaryTarget(StrictModel):
     selector: ProcessSelector
 
 

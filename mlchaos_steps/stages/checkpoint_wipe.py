@@ -28,23 +28,21 @@ import subprocess
 import time
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from mlchaos_steps.engine.context import PhaseContext, check_kill_switch, run_dir_name
 from mlchaos_steps.engine.ledger import Action
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import KillSwitchEngaged, RestoreError, SpecError
-from mlchaos_steps.stages.base import StageSpec
+from mlchaos_steps.stages.base import StageSpec, StrictModel
 from mlchaos_steps.targets.checkpoints import CheckpointStore, check_store_url
 
 RESUME_KEY = "mlchaos_resumed_from_step"
 OUTPUT_TAIL_CHARS = 2000
 
 
-class ResumeSpec(BaseModel):
+class ResumeSpec(StrictModel):
     """How to resume training, and how much lost work is acceptable."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
     command: list[str] = Field(min_length=1, description="argument list; never a shell string")
     max_lost_steps: int = Field(ge=0, description="steps of work the wipe may cost")

@@ -26,14 +26,14 @@ import time
 from typing import Any, ClassVar, Literal
 
 import psutil
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import Field, field_validator, model_validator
 
 from mlchaos_steps.engine.context import PhaseContext, check_kill_switch
 from mlchaos_steps.engine.ledger import Action
 from mlchaos_steps.engine.probes import HttpSampler, sample_once, summarize
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
-from mlchaos_steps.stages.base import StageSpec
+from mlchaos_steps.stages.base import StageSpec, StrictModel
 from mlchaos_steps.targets import local
 
 POLL_S = 0.01
@@ -41,11 +41,7 @@ ROOT_REFRESH_S = 0.25
 STEADY_SAMPLES = 5
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class ProcessSelector(_Strict):
+class ProcessSelector(StrictModel):
     """Which processes make up the workload. At least one criterion is required."""
 
     cmdline: str | None = Field(default=None, description="regex searched in the process's joined argv")
@@ -73,17 +69,17 @@ class ProcessSelector(_Strict):
         return self
 
 
-class LocalTarget(_Strict):
+class LocalTarget(StrictModel):
     selector: ProcessSelector
 
 
-class PodDeleteTarget(_Strict):
+class PodDeleteTarget(StrictModel):
     """Where the replicas run. ``local`` (processes) for now; Kubernetes comes in a later release."""
 
     local: LocalTarget
 
 
-class HttpProbe(_Strict):
+class HttpProbe(StrictModel):
     url: str = Field(description="sampled continuously while the fault is in place")
     min_success_ratio: float = Field(default=0.95, ge=0, le=1)
     max_p99_ms: float | None = Field(default=None, gt=0, description="optional latency bound during the fault")
@@ -99,7 +95,7 @@ class HttpProbe(_Strict):
         return value
 
 
-class Probe(_Strict):
+class Probe(StrictModel):
     http: HttpProbe
 
 

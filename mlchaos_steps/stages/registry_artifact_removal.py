@@ -23,20 +23,19 @@ import os
 import posixpath
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from mlchaos_steps.engine.context import PhaseContext
 from mlchaos_steps.engine.ledger import Action
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
-from mlchaos_steps.stages.base import StageSpec, version_or_alias
+from mlchaos_steps.stages.base import StageSpec, StrictModel, version_or_alias
 from mlchaos_steps.targets.files import file_digest
 
 
-class ServingCheck(BaseModel):
+class ServingCheck(StrictModel):
     """A serving endpoint that must stay healthy (``/ping`` and one ``/invocations`` request)."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
     url: str
     sample: dict[str, Any] | None = Field(default=None, description="JSON body for one /invocations request")
 
