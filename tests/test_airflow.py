@@ -262,3 +262,32 @@ def test_cluster_policy_errors_are_import_errors(airflow_db: Path, tmp_path: Pat
     bag = DagBag(dag_folder=str(folder))
     (error,) = bag.import_errors.values()
     assert "bad_declared" in error
+
+
+def test_on_kill_restores(airflow_db: Path, store: Path) -> None:
+    """A task killed between inject and restore puts back what it broke."""
+    from mlchaos_steps.airflow import ChaosStage
+
+    before = tree_digests(store)
+    with _dag("killed") as dag:
+        stage = ChaosStage(wipe_doc(store, "delete-latest"))
+    context = {"dag": dag, "run_id": "manual__killed", "ti": None}
+    stage.snapshot.execute(context)
+    stage.inject.execute(context)
+    assert not (store / "step-500").exists()
+    stage.inject.on_kill()
+    assert tree_digests(store) == before
+
+
+def test_mlflow_connection_points_the_task_at_the_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    import json
+
+    from mlchaos_steps.airflow.hooks import MlflowHook
+
+    monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_TEST", json.dumps(
+        {"conn_type": "mlflow", "host": "http://127.0.0.1:5999", "password": "s3cret-token"}))
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    assert MlflowHook("mlflow_test").configure_environment() == "http://127.0.0.1:5999"
+    assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5999"
+    assert os.environ["MLFLOW_TRACKING_TOKEN"] == "s3cret-token"
