@@ -15,6 +15,7 @@ Example::
 from __future__ import annotations
 
 import logging
+import os
 import socket
 import time
 import traceback
@@ -228,7 +229,7 @@ def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = 
     try:
         ref = _model_ref(stage, ctx, model, version)
         if ref is not None or model is not None or _mlflow_configured():
-            verdict, execution = _report(stage, ctx, verdict, ref, journal)
+            execution = _report(stage, ctx, verdict, ref, journal)
             journal = _journal(execution, ledger)
     except SpecError:
         raise
@@ -243,8 +244,6 @@ def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = 
 
 def _mlflow_configured() -> bool:
     """Evidence runs are logged whenever a tracking server is configured, even with no model version."""
-    import os
-
     return bool(os.environ.get("MLFLOW_TRACKING_URI"))
 
 
@@ -258,8 +257,7 @@ def _model_ref(stage: StageSpec, ctx: PhaseContext, model: str | None, version: 
     return resolve_version(model, version, field="--version")
 
 
-def _report(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, ref: Any, journal: Path
-            ) -> tuple[Verdict, Execution]:
+def _report(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, ref: Any, journal: Path) -> Execution:
     """Log the evidence run and, when a model version is known, put the verdict tags on it."""
     from mlchaos_steps.gate.verdicts import log_execution, record_verdict
 
@@ -269,7 +267,7 @@ def _report(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, ref: Any, jou
     if ref is not None:
         record_verdict(ref, stage.stage_id, verdict, run_id, ctx.run_key)
         state["model_version"] = {"name": ref.name, "version": ref.version}
-    return verdict, ctx.ledger.update(ctx.run_key, state=state)
+    return ctx.ledger.update(ctx.run_key, state=state)
 
 
 def restore_run(run_key: str, *, ledger: Ledger | None = None) -> dict[str, Any]:
