@@ -30,6 +30,9 @@ def mlchaos_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLCHAOS_HOME", str(home))
     monkeypatch.delenv("MLCHAOS_DISABLED", raising=False)
     monkeypatch.delenv("MLCHAOS_ALLOWED_PATHS", raising=False)
+    # Every test starts on the embedded MLflow; fixtures that want a server set it (and undo it).
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.delenv("MLFLOW_TRACKING_URI")
     return home
 
 

@@ -286,8 +286,9 @@ def test_mlflow_connection_points_the_task_at_the_server(monkeypatch: pytest.Mon
 
     monkeypatch.setenv("AIRFLOW_CONN_MLFLOW_TEST", json.dumps(
         {"conn_type": "mlflow", "host": "http://127.0.0.1:5999", "password": "s3cret-token"}))
-    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    monkeypatch.delenv("MLFLOW_TRACKING_TOKEN", raising=False)
+    # setenv first, so that whatever the hook writes into os.environ is undone after the test
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
+    monkeypatch.setenv("MLFLOW_TRACKING_TOKEN", "unset")
     assert MlflowHook("mlflow_test").configure_environment() == "http://127.0.0.1:5999"
     assert os.environ["MLFLOW_TRACKING_URI"] == "http://127.0.0.1:5999"
     assert os.environ["MLFLOW_TRACKING_TOKEN"] == "s3cret-token"

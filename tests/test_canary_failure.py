@@ -42,8 +42,9 @@ def deployment(tracking_server: workloads.TrackingServer, tmp_path_factory: pyte
 
 
 @pytest.fixture
-def tracking(deployment: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", os.environ["MLFLOW_TRACKING_URI"])
+def tracking(deployment: dict[str, Any], tracking_server: workloads.TrackingServer,
+             monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)
 
 
 def _doc(d: dict[str, Any], router: workloads.CanaryRouter, fault: str, **spec: Any) -> dict[str, Any]:
