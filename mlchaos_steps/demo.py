@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import tempfile
 import uuid
 from pathlib import Path
@@ -22,31 +21,12 @@ from rich.console import Console
 from rich.table import Table
 
 from mlchaos_steps import config
+from mlchaos_steps.examples.workloads import free_port_block
 
 STAGE_GROUPS = {
     "retraining_with_chaos": ["checkpoint-wipe", "registry-artifact-removal"],
     "deployment_with_chaos": ["canary-failure", "pod-delete"],
 }
-
-
-def _free_port_block(n: int = 4) -> int:
-    for _ in range(100):
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            base = probe.getsockname()[1]
-        socks: list[socket.socket] = []
-        try:
-            for port in range(base, base + n):
-                sock = socket.socket()
-                socks.append(sock)
-                sock.bind(("127.0.0.1", port))
-            return int(base)
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no block of free ports on 127.0.0.1")
 
 
 def run_demo(broken: bool = False, workdir: str | None = None) -> int:
@@ -60,7 +40,7 @@ def run_demo(broken: bool = False, workdir: str | None = None) -> int:
     config.configure_airflow_home(airflow_home)  # before anything imports airflow
     model = f"demo-churn-{uuid.uuid4().hex[:6]}"
     os.environ.update({"MLCHAOS_EXAMPLE_DIR": str(root), "MLCHAOS_EXAMPLE_MODEL": model,
-                       "MLCHAOS_EXAMPLE_PORT_BASE": str(_free_port_block()),
+                       "MLCHAOS_EXAMPLE_PORT_BASE": str(free_port_block()),
                        "MLCHAOS_EXAMPLE_BROKEN": "1" if broken else "0"})
 
     from mlchaos_steps.airflow.local_run import migrate, run_dag, task_states

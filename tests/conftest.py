@@ -110,10 +110,7 @@ def mlchaos_json(*args: str, **kw: Any) -> tuple[int, Any]:
 
 
 def replica_pids(server: workloads.ExampleServer) -> list[int]:
-    from mlchaos_steps.targets import local
-
-    roots = local.find_roots(str(server.selector["cmdline"]), dict(server.selector["env"]))  # type: ignore[arg-type]
-    return [r.pid for r in local.replicas_of([r.pid for r in roots])]
+    return server.replica_pids()
 
 
 @pytest.fixture(scope="session")

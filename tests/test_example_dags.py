@@ -3,42 +3,21 @@
 from __future__ import annotations
 
 import importlib.util
-import socket
 import uuid
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from mlchaos_steps.examples.workloads import free_port_block
+
 DAGS = Path(__file__).resolve().parents[1] / "dags"
-
-
-def _free_port_block(n: int = 4) -> int:
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            base = s.getsockname()[1]
-        if base + n > 65535:
-            continue
-        try:
-            socks = []
-            for p in range(base, base + n):
-                sock = socket.socket()
-                sock.bind(("127.0.0.1", p))
-                socks.append(sock)
-            return base
-        except OSError:
-            continue
-        finally:
-            for sock in socks:
-                sock.close()
-    raise RuntimeError("no block of free ports")
 
 
 @pytest.fixture
 def example_env(mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
     env = {"MLCHAOS_EXAMPLE_DIR": str(tmp_path / "examples"), "MLCHAOS_EXAMPLE_MODEL": f"ex-{uuid.uuid4().hex[:6]}",
-           "MLCHAOS_EXAMPLE_PORT_BASE": str(_free_port_block())}
+           "MLCHAOS_EXAMPLE_PORT_BASE": str(free_port_block())}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     monkeypatch.delenv("MLCHAOS_EXAMPLE_BROKEN", raising=False)

@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import hashlib
 import re
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,13 +32,11 @@ def check_kill_switch() -> None:
 
 @dataclass
 class PhaseContext:
-    """Handed to every phase: run key, ledger, the execution record, and the dry-run flag."""
+    """Handed to every phase: run key, ledger and the execution record (None during a dry run)."""
 
     run_key: str
     ledger: Ledger
     execution: Execution | None = None
-    dry_run: bool = False
-    activities: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def state(self) -> dict[str, Any]:
@@ -68,19 +65,3 @@ class PhaseContext:
         action = self.ledger.plan_action(self.run_key, kind, target, undo)
         yield action
         self.ledger.mark_action(action, APPLIED, undo=action.undo)
-
-    def sleep(self, seconds: float) -> None:
-        """Sleep, but give up within a tenth of a second of the kill switch being engaged."""
-        deadline = time.monotonic() + seconds
-        while True:
-            check_kill_switch()
-            left = deadline - time.monotonic()
-            if left <= 0:
-                return
-            time.sleep(min(left, KILL_SWITCH_POLL_S))
-
-    def record(self, name: str, kind: str, started: float, output: Any, status: str = "succeeded") -> None:
-        """Record one activity for the Chaos Toolkit-compatible journal."""
-        self.activities.append(
-            {"name": name, "type": kind, "start": started, "end": time.time(), "output": output, "status": status}
-        )

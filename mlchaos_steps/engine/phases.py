@@ -131,7 +131,7 @@ def run_phase(
     if dry_run:
         if phase != "snapshot":
             return PhaseResult(phase, run_key, "dry-run", {"note": "dry run: nothing to do after snapshot"})
-        plan = stage.plan(PhaseContext(run_key, ledger, None, dry_run=True))
+        plan = stage.plan(PhaseContext(run_key, ledger, None))
         return PhaseResult("snapshot", run_key, "dry-run", redact(plan))
     try:
         if phase == "verify":

@@ -23,27 +23,19 @@ import sys
 import time
 from typing import Any
 
+from mlchaos_steps.asgi import lifespan, read_body, respond
+
 WEIGHTS = [1.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
 
 async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     """ASGI entry point."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
-    body = b""
-    while True:
-        message = await receive()
-        body += message.get("body", b"")
-        if not message.get("more_body"):
-            break
+    body = await read_body(receive)
     status, payload = 200, {"status": "ok"}
     if scope["path"] == "/pid":
         payload = {"pid": os.getpid()}
@@ -56,9 +48,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
             status, payload = 400, {"error": "send {\"inputs\": [[...8 numbers...]]}"}
     elif scope["path"] != "/ping":
         status, payload = 404, {"error": "not found"}
-    await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), (b"x-worker-pid", str(os.getpid()).encode())]})
-    await send({"type": "http.response.body", "body": json.dumps(payload).encode()})
+    await respond(send, status, json.dumps(payload).encode(), [(b"x-worker-pid", str(os.getpid()).encode())])
 
 
 def _worker(sock: socket.socket) -> None:

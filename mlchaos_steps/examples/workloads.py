@@ -22,6 +22,25 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+def free_port_block(n: int = 4) -> int:
+    """The first of ``n`` consecutive free ports on 127.0.0.1 (the example DAGs use fixed offsets)."""
+    for _ in range(100):
+        base = free_port()
+        socks: list[socket.socket] = []
+        try:
+            for port in range(base, base + n):
+                sock = socket.socket()
+                socks.append(sock)
+                sock.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+        finally:
+            for sock in socks:
+                sock.close()
+    raise RuntimeError("no block of free ports on 127.0.0.1")
+
+
 def venv_bin() -> Path:
     return Path(sys.executable).parent
 
@@ -60,6 +79,13 @@ class ExampleServer(LocalService):
     def selector(self) -> dict[str, object]:
         return {"cmdline": "mlchaos_steps[.]examples[.]serving", "env": {"MLCHAOS_APP": self.app_label}}
 
+    def replica_pids(self) -> list[int]:
+        """The live worker processes, found the way the pod-delete stage finds them."""
+        from mlchaos_steps.targets import local
+
+        roots = local.find_roots("mlchaos_steps[.]examples[.]serving", {"MLCHAOS_APP": self.app_label})
+        return [r.pid for r in local.replicas_of([r.pid for r in roots])]
+
 
 def start_server(healthy: bool = True, workers: int = 2, port: int | None = None,
                  log_path: Path | None = None, label: str | None = None) -> ExampleServer:
@@ -93,9 +119,8 @@ def start_server(healthy: bool = True, workers: int = 2, port: int | None = None
 def _workers_up(server: ExampleServer) -> bool:
     from mlchaos_steps.targets import local
 
-    roots = local.find_roots(str(server.selector["cmdline"]), dict(server.selector["env"]))  # type: ignore[arg-type]
-    replicas = local.replicas_of([r.pid for r in roots])
-    return len(replicas) == server.workers and all(local.is_ready(r.pid, "event-loop") for r in replicas)
+    pids = server.replica_pids()
+    return len(pids) == server.workers and all(local.is_ready(pid, "event-loop") for pid in pids)
 
 
 def train(store: Path, steps: int = 500, checkpoint_every: int = 100) -> None:

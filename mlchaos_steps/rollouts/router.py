@@ -23,6 +23,8 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from mlchaos_steps.asgi import lifespan, read_body, respond
+
 
 @dataclass
 class Analysis:
@@ -168,20 +170,9 @@ def _tag_rejected(model: str, version: str, reason: str) -> None:
 def make_app(router: Router) -> Any:
     async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await router.start()
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
-        body = b""
-        while True:
-            message = await receive()
-            body += message.get("body", b"")
-            if not message.get("more_body"):
-                break
+            await lifespan(receive, send, on_startup=router.start)
+            return
+        body = await read_body(receive)
         path, method = scope["path"], scope["method"]
         headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
         backend = "router"
@@ -201,9 +192,7 @@ def make_app(router: Router) -> Any:
             status, payload = 200, b'{"fault": null}'
         else:
             status, payload, backend = await router.forward(method, path, body, headers)
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"x-mlchaos-backend", backend.encode())]})
-        await send({"type": "http.response.body", "body": payload})
+        await respond(send, status, payload, [(b"x-mlchaos-backend", backend.encode())])
 
     return app
 

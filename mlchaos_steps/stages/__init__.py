@@ -43,14 +43,6 @@ def stage_class(kind: str) -> type[StageSpec]:
     return cls  # type: ignore[no-any-return]
 
 
-def stage_for_id(stage_id: str) -> type[StageSpec]:
-    for kind in STAGE_KINDS:
-        cls = stage_class(kind)
-        if cls.stage_id == stage_id:
-            return cls
-    raise SpecError("stage", f"unknown stage id {stage_id!r}")
-
-
 def _format_validation_error(exc: ValidationError, source: str) -> SpecError:
     first = exc.errors()[0]
     loc = ".".join(str(p) for p in ("spec", *first["loc"]))

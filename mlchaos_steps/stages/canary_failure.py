@@ -30,7 +30,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mlchaos_steps.engine.context import PhaseContext, check_kill_switch
 from mlchaos_steps.engine.ledger import Action
-from mlchaos_steps.engine.probes import HttpSampler, http_request, summarize
+from mlchaos_steps.engine.probes import HttpSampler, http_request, sample_once, summarize
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
 from mlchaos_steps.stages.base import StageSpec, StrictModel, version_or_alias
@@ -129,8 +129,6 @@ class CanaryFailure(StageSpec):
                                       f"canary weight {router.get('canary_weight')}): start the rollout first")
         body = json.dumps(self.traffic.sample).encode()
         url = self.router.url.rstrip("/") + self.traffic.path
-        from mlchaos_steps.engine.probes import sample_once
-
         steady = summarize([sample_once(url, self.traffic.timeout_s, None, body) for _ in range(10)])
         if steady["success_ratio"] < self.stable.min_success_ratio:
             raise InfrastructureError(f"steady state not met before the fault: {steady}")

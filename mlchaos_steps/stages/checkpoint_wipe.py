@@ -30,7 +30,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from mlchaos_steps.engine.context import PhaseContext, check_kill_switch, run_dir_name
+from mlchaos_steps.engine.context import KILL_SWITCH_POLL_S, PhaseContext, check_kill_switch, run_dir_name
 from mlchaos_steps.engine.ledger import Action
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import KillSwitchEngaged, RestoreError, SpecError
@@ -261,7 +261,7 @@ def _wait(proc: subprocess.Popen[str], timeout_s: float) -> tuple[str, str, bool
     deadline = time.monotonic() + timeout_s
     while True:
         try:
-            stdout, stderr = proc.communicate(timeout=0.1)
+            stdout, stderr = proc.communicate(timeout=KILL_SWITCH_POLL_S)
             return stdout, stderr, False
         except subprocess.TimeoutExpired:
             pass

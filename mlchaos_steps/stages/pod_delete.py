@@ -163,7 +163,7 @@ class PodDelete(StageSpec):
 
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
         roots, replicas, n = self._resolve()
-        listening = local._listening_inodes()
+        listening = local.listening_inodes()
         levels = [local.readiness(r.pid, listening) for r in replicas]
         required = min(levels, key=lambda level: local.READINESS_ORDER[level])
         steady = None
@@ -251,7 +251,7 @@ class PodDelete(StageSpec):
             fresh = [r for r in current if r.key() not in originals]
             if fresh and first_replacement_at is None:
                 first_replacement_at = now
-            listening = local._listening_inodes() if required != "alive" else set()
+            listening = local.listening_inodes() if required != "alive" else set()
             for r in fresh:
                 if r.key() not in ready_seen and local.is_ready(r.pid, required, listening):
                     ready_seen.add(r.key())

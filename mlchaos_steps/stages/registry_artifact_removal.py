@@ -63,7 +63,8 @@ class RegistryArtifactRemoval(StageSpec):
         return f"remove {self.scope} artifacts of {self.model} {self.version} (expect {self.expect})"
 
     # -- phases -----------------------------------------------------------------------------------
-    def _resolve(self) -> tuple[Any, Any, dict[str, int]]:
+    def _resolve(self) -> tuple[Any, Any, dict[str, int], dict[str, int]]:
+        """(version, its artifact store, every file, the files to remove): one listing of the store."""
         from mlchaos_steps.targets.mlflow import resolve_version, version_artifacts, weights_only
 
         ref = resolve_version(self.model, self.version)
@@ -74,10 +75,10 @@ class RegistryArtifactRemoval(StageSpec):
         victims = files if self.scope == "all" else weights_only(files)
         if not victims:
             raise SpecError("spec.scope", f"{ref.uri} has no weight files besides MLmodel: use scope: all")
-        return ref, store, victims
+        return ref, store, files, victims
 
     def plan(self, ctx: PhaseContext) -> dict[str, Any]:
-        ref, store, victims = self._resolve()
+        ref, store, _, victims = self._resolve()
         return {"model_version": ref.uri, "artifact_uri": store.uri, "would_remove": sorted(victims)}
 
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
@@ -85,7 +86,7 @@ class RegistryArtifactRemoval(StageSpec):
         from mlchaos_steps.targets.mlflow import alias_version
         from mlchaos_steps.verification import model_loads, serving_healthy
 
-        ref, store, victims = self._resolve()
+        ref, store, files, victims = self._resolve()
         champion = alias_version(ref.name, self.champion_alias)
         if self.expect == "fallback":
             checks = [model_loads(f"models:/{ref.name}@{self.champion_alias}")]
@@ -95,7 +96,7 @@ class RegistryArtifactRemoval(StageSpec):
             if failing:
                 raise InfrastructureError("steady state not met before the fault: "
                                           + "; ".join(f"{c.name}: {c.detail}" for c in failing))
-        record_manifest(ref, store.list())
+        record_manifest(ref, files)
         backup_root = ctx.run_dir / "backup"
         backups = []
         for rel, size in sorted(victims.items()):

@@ -103,7 +103,7 @@ def replicas_of(root_pids: list[int]) -> list[Replica]:
     return sorted(found, key=lambda r: r.pid)
 
 
-def _listening_inodes() -> set[int]:
+def listening_inodes() -> set[int]:
     inodes: set[int] = set()
     for table in ("/proc/net/tcp", "/proc/net/tcp6", "/proc/net/unix"):
         try:
@@ -123,7 +123,7 @@ def _listening_inodes() -> set[int]:
 
 def readiness(pid: int, listening: set[int] | None = None) -> str:
     """How ready a process is: ``event-loop``, ``listening``, ``alive`` or ``gone``."""
-    listening = _listening_inodes() if listening is None else listening
+    listening = listening_inodes() if listening is None else listening
     fd_dir = f"/proc/{pid}/fd"
     try:
         fds = os.listdir(fd_dir)
