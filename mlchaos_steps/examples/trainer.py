@@ -5,6 +5,8 @@ Every ``--checkpoint-every`` steps it writes ``step-<N>/`` atomically (temporary
 holding ``model.pkl`` and ``manifest.json`` with the pickle's sha256, then points ``latest`` at it.
 
 ``--resume`` (healthy): resume from the newest checkpoint whose digest checks out.
+``--mirror DIR``: a second tier (multi-tier checkpointing): an intact copy there counts too.
+``--check CHECKPOINT``: exit 0 when that checkpoint is intact (the stage's integrity command).
 ``--broken``: trust the ``latest`` pointer without checking digests, and start from zero when the
 checkpoint it names is missing: the bug the checkpoint-wipe stage exists to catch.
 
@@ -79,16 +81,25 @@ def load_intact(path: Path):
     return pickle.loads(payload)
 
 
-def newest_intact(store: Path):
-    checkpoints = sorted(
-        (int(m.group(1)), p) for p in store.iterdir() if (m := STEP_NAME.fullmatch(p.name)) and p.is_dir()
-    )
-    for _step, path in reversed(checkpoints):
+def newest_intact(store: Path, mirror: Path | None = None):
+    """The newest checkpoint whose digest checks out, from the store or its mirror (a second tier)."""
+    state, _ = newest_intact_with_source(store, mirror)
+    return state
+
+
+def newest_intact_with_source(store: Path, mirror: Path | None = None):
+    candidates = []
+    for tier in (store, mirror):
+        if tier is not None and tier.is_dir():
+            candidates += [(int(m.group(1)), tier == store, p) for p in tier.iterdir()
+                           if (m := STEP_NAME.fullmatch(p.name)) and p.is_dir()]
+    # newest step first; for one step, the local tier before the mirror
+    for _step, _local, path in sorted(candidates, reverse=True):
         state = load_intact(path)
         if state is not None:
-            return state
-        print(f"checkpoint {path.name} is damaged: skipping it", file=sys.stderr)
-    return None
+            return state, path
+        print(f"checkpoint {path} is damaged: skipping it", file=sys.stderr)
+    return None, None
 
 
 def broken_resume(store: Path):
@@ -108,14 +119,21 @@ def broken_resume(store: Path):
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--store", required=True, type=Path)
+    parser.add_argument("--store", type=Path, help="the checkpoint folder (required unless --check)")
     parser.add_argument("--steps", type=int, default=500, help="train until this step")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--broken", action="store_true", help="resume the wrong way (see module doc)")
     parser.add_argument("--no-save", action="store_true", help="train without writing checkpoints")
     parser.add_argument("--step-seconds", type=float, default=0.0, help="pretend each step takes this long")
+    parser.add_argument("--mirror", type=Path, help="a second tier holding copies of the checkpoints")
+    parser.add_argument("--check", type=Path, metavar="CHECKPOINT",
+                        help="only check that one checkpoint is intact: exit 0 if so, 1 if not")
     args = parser.parse_args(argv)
+    if args.check:
+        return 0 if load_intact(args.check) is not None else 1
+    if args.store is None:
+        parser.error("--store is required")
     args.store.mkdir(parents=True, exist_ok=True)
 
     model, start = _new_model(), 0
@@ -125,8 +143,11 @@ def main(argv: list[str] | None = None) -> int:
             if state is None:
                 print(json.dumps({"mlchaos_resumed_from_step": 0}), flush=True)
         else:
-            state = newest_intact(args.store)
-            print(json.dumps({"mlchaos_resumed_from_step": int(state["step"]) if state else 0}), flush=True)
+            state, source = newest_intact_with_source(args.store, args.mirror)
+            report = {"mlchaos_resumed_from_step": int(state["step"]) if state else 0}
+            if source is not None:
+                report["source"] = str(source)
+            print(json.dumps(report), flush=True)
         if state is not None:
             model, start = state["model"], int(state["step"])
 

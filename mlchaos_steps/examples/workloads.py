@@ -133,7 +133,7 @@ def train(store: Path, steps: int = 500, checkpoint_every: int = 100) -> None:
 
 
 def resume_command(store: Path, steps: int = 500, broken: bool = False, save: bool = False,
-                   step_seconds: float = 0.0) -> list[str]:
+                   step_seconds: float = 0.0, mirror: Path | None = None) -> list[str]:
     """The argument list that resumes the example trainer (for a CheckpointWipe spec)."""
     argv = [sys.executable, "-m", "mlchaos_steps.examples.trainer", "--store", str(store), "--steps", str(steps),
             "--resume"]
@@ -143,7 +143,14 @@ def resume_command(store: Path, steps: int = 500, broken: bool = False, save: bo
         argv.append("--no-save")
     if step_seconds:
         argv += ["--step-seconds", str(step_seconds)]
+    if mirror is not None:
+        argv += ["--mirror", str(mirror)]
     return argv
+
+
+def integrity_command() -> list[str]:
+    """The example trainer's own check of one checkpoint (a CheckpointWipe ``integrity.command``)."""
+    return [sys.executable, "-m", "mlchaos_steps.examples.trainer", "--check", "{checkpoint}"]
 
 
 @dataclass

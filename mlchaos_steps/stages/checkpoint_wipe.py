@@ -1,17 +1,18 @@
 """``checkpoint-wipe``: destroy the newest checkpoint(s), then check that training resumes well.
 
-Resume contract: the resume command prints, on its standard output, one JSON line
-``{"mlchaos_resumed_from_step": N}`` (``0`` or ``null`` when it started from scratch). The stage passes
-only when training resumed from the newest intact checkpoint and the steps lost are within
-``resume.max_lost_steps``. It fails when the command crashes, loads a wiped (corrupted) checkpoint,
-or falls back further than that.
+Resume contract: the resume command prints, on its standard output, a JSON line
+``{"mlchaos_resumed_from_step": N}`` (``0`` or ``null`` when it started from scratch), optionally with
+``"source"`` (the path or URL it loaded) and ``"digest"``. The last report counts; reports naming
+different steps contradict each other and fail the stage. The stage passes only when training resumed
+from the newest intact checkpoint (or from an intact copy of a wiped one, checked by digest at its
+``source``) and the steps lost are within ``resume.max_lost_steps``.
 
 Example::
 
     kind: CheckpointWipe
     spec:
       store: file:///data/ckpts
-      pattern: "step-(\\\\d+)"
+      pattern: "step-(\\d+)"
       mode: delete-latest
       count: 1
       resume:
@@ -23,22 +24,34 @@ from __future__ import annotations
 
 import json
 import os
+import posixpath
 import re
-import subprocess
 import time
+from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from mlchaos_steps.engine.context import KILL_SWITCH_POLL_S, PhaseContext, check_kill_switch, run_dir_name
+from mlchaos_steps.engine.context import PhaseContext, check_kill_switch, run_dir_name
 from mlchaos_steps.engine.ledger import Action
+from mlchaos_steps.engine.processes import CommandResult, run_command, same_process, stop_process_group
 from mlchaos_steps.engine.verdict import Verdict
-from mlchaos_steps.errors import KillSwitchEngaged, RestoreError, SpecError
+from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
 from mlchaos_steps.stages.base import StageSpec, StrictModel
-from mlchaos_steps.targets.checkpoints import CheckpointStore, check_store_url
+from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore, check_store_url
 
 RESUME_KEY = "mlchaos_resumed_from_step"
 OUTPUT_TAIL_CHARS = 2000
+CHECKPOINT_PLACEHOLDER = "{checkpoint}"
+
+
+def _argument_list(value: Any) -> Any:
+    if isinstance(value, str):
+        raise ValueError(
+            "must be an argument list such as [python, train.py, --resume], not a shell string: "
+            "split it into its arguments"
+        )
+    return value
 
 
 class ResumeSpec(StrictModel):
@@ -50,15 +63,46 @@ class ResumeSpec(StrictModel):
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the command")
 
-    @field_validator("command", mode="before")
-    @classmethod
-    def _argument_list(cls, value: Any) -> Any:
-        if isinstance(value, str):
-            raise ValueError(
-                "must be an argument list such as [python, train.py, --resume], not a shell string: "
-                "split it into its arguments"
-            )
-        return value
+    _command = field_validator("command", mode="before")(_argument_list)
+
+
+class IntegrityCheck(StrictModel):
+    """A command that tells whether one checkpoint is intact (exit 0) before the stage breaks anything.
+
+    ``{checkpoint}`` in an argument is replaced by the checkpoint's path; it is also in
+    ``MLCHAOS_CHECKPOINT``."""
+
+    command: list[str] = Field(min_length=1, description="argument list; {checkpoint} is the checkpoint's path")
+    timeout_s: float = Field(default=120, gt=0)
+
+    _command = field_validator("command", mode="before")(_argument_list)
+
+
+@dataclass(frozen=True)
+class ResumeReport:
+    """One ``{"mlchaos_resumed_from_step": N, "source": ..., "digest": ...}`` line of the resume command."""
+
+    step: int
+    source: str | None = None
+    digest: str | None = None
+
+
+def parse_resume_reports(stdout: str) -> list[ResumeReport]:
+    """Every resume report in the command's standard output, in order."""
+    reports = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{") or RESUME_KEY not in line:
+            continue
+        try:
+            data = json.loads(line)
+            value = data.get(RESUME_KEY)
+            step = int(value or 0)
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            continue
+        source, digest = data.get("source"), data.get("digest")
+        reports.append(ResumeReport(step, str(source) if source else None, str(digest) if digest else None))
+    return reports
 
 
 class CheckpointWipe(StageSpec):
@@ -73,6 +117,8 @@ class CheckpointWipe(StageSpec):
     mode: Literal["delete-latest", "truncate-latest", "corrupt-latest"] = "delete-latest"
     count: int = Field(default=1, ge=1, le=100, description="how many of the newest checkpoints to wipe")
     resume: ResumeSpec
+    integrity: IntegrityCheck | None = Field(
+        default=None, description="checks, before the fault, that the checkpoints in play are intact")
 
     @field_validator("store")
     @classmethod
@@ -121,117 +167,213 @@ class CheckpointWipe(StageSpec):
 
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
         store, found, victims = self._resolve()
+        survivors = found[: len(found) - len(victims)]
         backups = []
         for victim in victims:
             backups.append({
                 "name": victim.name, "step": victim.step, "path": victim.path, "is_dir": victim.is_dir,
+                "signature": store.signature(victim.path),
                 "digest": store.digest(victim.path), "size_bytes": store.size_bytes(victim.path),
             })
+        # Steady state: what the stage breaks, and what training should resume from, are intact now.
+        in_play = [*victims, *survivors[-1:]]
+        steady = [self._check_intact(store, c) for c in in_play]
+        damaged = [s for s in steady if not s["intact"]]
+        if damaged:
+            raise InfrastructureError(
+                "steady state not met before the fault: " + "; ".join(f"{s['name']} {s['detail']}" for s in damaged)
+                + ". Nothing was broken: repair the store (or point the stage at an intact one) and run it again")
         state = {
             "checkpoints": [{"name": c.name, "step": c.step} for c in found],
             "victims": backups,
             "newest_step": found[-1].step,
-            "newest_intact_step": max((c.step for c in found[: len(found) - len(victims)]), default=0),
+            "newest_intact_step": survivors[-1].step if survivors else 0,
+            "steady_before": steady,
         }
         ctx.save(**state)
         return {"victims": [b["name"] for b in backups], "newest_step": state["newest_step"],
-                "newest_intact_step": state["newest_intact_step"]}
+                "newest_intact_step": state["newest_intact_step"], "steady_state": steady}
+
+    def _check_intact(self, store: CheckpointStore, checkpoint: Any) -> dict[str, Any]:
+        entry: dict[str, Any] = {"name": checkpoint.name, "step": checkpoint.step}
+        try:
+            size = store.size_bytes(checkpoint.path)
+            store.digest(checkpoint.path)  # every byte readable
+        except OSError as exc:
+            return {**entry, "intact": False, "detail": f"cannot be read: {exc}"}
+        if size == 0:
+            return {**entry, "intact": False, "detail": "is empty"}
+        if self.integrity is None:
+            return {**entry, "intact": True, "detail": f"{size} bytes, readable"}
+        argv = [a.replace(CHECKPOINT_PLACEHOLDER, checkpoint.path) for a in self.integrity.command]
+        env = {**os.environ, **self.resume.env, "MLCHAOS_CHECKPOINT": checkpoint.path, "MLCHAOS_STORE": self.store}
+        try:
+            result = run_command(argv, env=env, cwd=self.resume.cwd, timeout_s=self.integrity.timeout_s,
+                                 on_tick=check_kill_switch)
+        except OSError as exc:
+            raise InfrastructureError(f"the integrity command could not start: {exc}") from exc
+        ok = result.exit_code == 0
+        detail = "integrity check passed" if ok else (
+            "integrity check timed out" if result.timed_out else
+            f"failed its integrity check (exit {result.exit_code}: {result.stderr.strip()[-200:]})")
+        return {**entry, "intact": ok, "detail": detail}
 
     def inject(self, ctx: PhaseContext) -> dict[str, Any]:
         store = CheckpointStore(self.store)
         damage = self.mode.removesuffix("-latest")
+        run_dir = run_dir_name(ctx.run_key)
         wiped = []
         started = time.perf_counter()
         for victim in ctx.state["victims"]:
-            quarantine = store.quarantine_path(run_dir_name(ctx.run_key), victim["name"])
+            quarantine = store.quarantine_path(run_dir, victim["name"])
             undo = {"store": self.store, "original": victim["path"], "quarantine": quarantine,
                     "digest": victim["digest"], "mode": damage}
+            # Time of check to time of use: the checkpoint must still be what snapshot recorded and digested.
+            store.check_unchanged(victim["path"], victim["signature"], victim["name"])
+            store.make_quarantine(run_dir)
             with ctx.destructive("quarantine-checkpoint", victim["path"], undo) as action:
                 if store.exists(quarantine):
                     raise RestoreError(f"{quarantine} already exists: restore run {ctx.run_key!r} first")
                 store.move(victim["path"], quarantine, expected_digest=victim["digest"])
+                if store.local:  # a rename keeps the inode: what moved must be what was checked
+                    store.check_unchanged(quarantine, victim["signature"], victim["name"])
                 if damage != "delete":
-                    # Damage is written beside the quarantine, its digest recorded, then put in place,
-                    # so restore can always tell our damaged copy from anything else.
-                    staging = quarantine + ".damaged"
-                    detail = store.write_damaged(quarantine, staging, damage)
-                    action.undo = {**undo, **detail, "damaged_digest": store.digest(staging)}
-                    ctx.ledger.mark_action(action, action.state, undo=action.undo)
-                    store.move(staging, victim["path"])
+                    self._place_damage(ctx, store, action, undo, quarantine, victim["path"], damage)
             wiped.append(victim["name"])
         return {"wiped": wiped, "mode": self.mode, "inject_seconds": round(time.perf_counter() - started, 6)}
 
+    @staticmethod
+    def _place_damage(ctx: PhaseContext, store: CheckpointStore, action: Action, undo: dict[str, Any],
+                      quarantine: str, original: str, damage: str) -> None:
+        # Damage is written beside the quarantine, its digest recorded, then put in place, so restore
+        # can always tell our damaged copy from anything else.
+        staging = quarantine + ".damaged"
+        detail = store.write_damaged(quarantine, staging, damage)
+        action.undo = {**undo, **detail, "damaged_digest": store.digest(staging), "placing": True}
+        ctx.ledger.mark_action(action, action.state, undo=action.undo)
+        store.move(staging, original)
+
     def verify(self, ctx: PhaseContext) -> Verdict:
         state = ctx.state
-        wiped_steps = {v["step"] for v in state["victims"]}
-        expected = state["newest_intact_step"]
         env = {**os.environ, **self.resume.env, "MLCHAOS_RUN_KEY": ctx.run_key, "MLCHAOS_STORE": self.store}
-        started = time.monotonic()
         try:
-            proc = subprocess.Popen(
-                self.resume.command, cwd=self.resume.cwd, env=env, stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE, text=True, start_new_session=True,
-            )
+            result = run_command(self.resume.command, env=env, cwd=self.resume.cwd, timeout_s=self.resume.timeout_s,
+                                 on_tick=check_kill_switch,
+                                 on_start=lambda pid: ctx.save(resume_process=_identity(pid)))
         except OSError as exc:
             return Verdict.failed(f"the resume command could not start: {exc}",
                                   evidence={"command": self.resume.command})
-        stdout, stderr, timed_out = _wait(proc, self.resume.timeout_s)
-        resume_seconds = round(time.monotonic() - started, 3)
-        resumed = _resumed_step(stdout)
+        return self.judge(state, result)
+
+    def judge(self, state: dict[str, Any], result: CommandResult) -> Verdict:
+        """The verdict over what the resume command did and reported, against what snapshot recorded."""
+        victims = {v["step"]: v for v in state["victims"]}
+        reports = parse_resume_reports(result.stdout)
+        last = reports[-1] if reports else None
         evidence: dict[str, Any] = {
-            "command": self.resume.command, "exit_code": proc.returncode, "resumed_from_step": resumed,
-            "expected_step": expected, "wiped_steps": sorted(wiped_steps), "newest_step": state["newest_step"],
-            "stdout_tail": stdout[-OUTPUT_TAIL_CHARS:], "stderr_tail": stderr[-OUTPUT_TAIL_CHARS:],
+            "command": self.resume.command, "exit_code": result.exit_code,
+            "resumed_from_step": last.step if last else None, "reports": [r.__dict__ for r in reports],
+            "expected_step": state["newest_intact_step"], "wiped_steps": sorted(victims),
+            "newest_step": state["newest_step"], "leftover_processes_stopped": result.leftovers_stopped,
+            "stdout_tail": result.stdout[-OUTPUT_TAIL_CHARS:], "stderr_tail": result.stderr[-OUTPUT_TAIL_CHARS:],
         }
-        metrics: dict[str, float] = {"resume_seconds": resume_seconds}
-        if resumed is not None:
-            metrics["lost_steps"] = state["newest_step"] - resumed
-        if timed_out:
-            return Verdict.failed(f"training did not finish resuming within {self.resume.timeout_s:g}s",
-                                  metrics=metrics, evidence=evidence)
-        if resumed is not None and resumed in wiped_steps:
-            return Verdict.failed(
-                f"training resumed from step {resumed}, a checkpoint this stage wiped ({self.mode}): "
-                "the damage went undetected", metrics=metrics, evidence=evidence)
-        if proc.returncode != 0:
-            return Verdict.failed(f"the resume command exited with code {proc.returncode}",
-                                  metrics=metrics, evidence=evidence)
-        if resumed is None:
+        metrics: dict[str, float] = {"resume_seconds": result.seconds}
+        if last is not None:
+            metrics["lost_steps"] = state["newest_step"] - last.step
+
+        def failed(reason: str) -> Verdict:
+            return Verdict.failed(reason, metrics=metrics, evidence=evidence)
+
+        if result.timed_out:
+            return failed(f"training did not finish resuming within {self.resume.timeout_s:g}s")
+        steps = sorted({r.step for r in reports})
+        if len(steps) > 1:
+            return failed(f"the resume reports contradict each other (steps {', '.join(map(str, steps))}): "
+                          "one process claimed one checkpoint and another loaded a different one")
+        if last is not None and last.step in victims:
+            intact_copy, why = self._intact_copy(last, victims[last.step])
+            evidence["intact_copy"] = why
+            if not intact_copy:
+                return failed(f"training resumed from step {last.step}, a checkpoint this stage wiped "
+                              f"({self.mode}): the damage went undetected ({why})")
+        if result.exit_code != 0:
+            return failed(f"the resume command exited with code {result.exit_code}")
+        if last is None:
             return Verdict.inconclusive(
                 f"the resume command did not report where it resumed: print a JSON line "
                 f'{{"{RESUME_KEY}": N}} on standard output', metrics=metrics, evidence=evidence)
         lost = metrics["lost_steps"]
-        if resumed != expected:
-            return Verdict.failed(f"training resumed from step {resumed}, not from the newest intact checkpoint "
-                                  f"(step {expected}); {lost:g} steps lost", metrics=metrics, evidence=evidence)
+        expected = state["newest_intact_step"]
+        if last.step < expected:
+            return failed(f"training resumed from step {last.step}, not from the newest intact checkpoint "
+                          f"(step {expected}); {lost:g} steps lost")
         if lost > self.resume.max_lost_steps:
-            return Verdict.failed(f"{lost:g} steps lost, more than max_lost_steps={self.resume.max_lost_steps}",
-                                  metrics=metrics, evidence=evidence)
-        return Verdict.passed(f"training resumed from step {resumed}, the newest intact checkpoint; "
+            return failed(f"{lost:g} steps lost, more than max_lost_steps={self.resume.max_lost_steps}")
+        what = ("an intact copy of the wiped step" if last.step in victims
+                else "the newest intact checkpoint")
+        return Verdict.passed(f"training resumed from step {last.step}, {what}; "
                               f"{lost:g} steps lost (budget {self.resume.max_lost_steps})",
                               metrics=metrics, evidence=evidence)
+
+    def _intact_copy(self, report: ResumeReport, victim: dict[str, Any]) -> tuple[bool, str]:
+        """Did the trainer load an intact copy (a mirror, another tier) of a step this stage wiped?
+
+        Only the bytes count: mlchaos digests ``source`` itself and compares it with the digest the
+        wiped checkpoint had before the fault."""
+        if not report.source:
+            return False, "the report names no source: add \"source\" to it if you load a mirror"
+        source = report.source.rstrip("/")
+        store = CheckpointStore(self.store)
+        local_path = source.removeprefix("file://") if source.startswith(("/", "file://")) else None
+        if local_path is not None and store.local:
+            real = os.path.realpath(local_path)
+            if real == os.path.realpath(victim["path"]):
+                return False, f"source {source} is the wiped checkpoint itself"
+            if real.startswith(os.path.realpath(posixpath.join(store.root, QUARANTINE_DIR))):
+                return False, f"source {source} is mlchaos's own quarantine, not a copy the trainer keeps"
+        try:
+            import fsspec
+
+            fs, path = fsspec.core.url_to_fs(source)
+            digest = CheckpointStore.digest_with(fs, path)
+        except Exception as exc:
+            return False, f"source {source} could not be read to check it: {exc}"
+        if digest != victim["digest"]:
+            return False, f"source {source} does not hold the bytes the checkpoint had before the fault"
+        if report.digest and report.digest not in (digest, digest.removeprefix("blake3:")):
+            return False, f"the reported digest {report.digest} is not the digest of {source}"
+        return True, f"source {source} matches the pre-fault digest {digest}"
 
     @classmethod
     def restore_action(cls, action: Action, ctx: PhaseContext) -> dict[str, Any]:
         undo = action.undo
+        # A resume command left running by a crash of mlchaos would keep writing into the store.
+        resume = ctx.state.get("resume_process")
+        if resume and same_process(resume[0], resume[1]):
+            stop_process_group(resume[0])
         store = CheckpointStore(undo["store"])
         original, quarantine, digest = undo["original"], undo["quarantine"], undo["digest"]
         staging = quarantine + ".damaged"
-        if store.exists(staging):
-            store.remove(staging)  # our damaged copy, never put in place
         result: dict[str, Any] = {"original": original}
+        if store.exists(staging):
+            if undo.get("placing") and store.exists(original) and not store.local:
+                store.remove(original)  # a copy of our staging cut short by a crash
+            store.remove(staging)  # our damaged copy, never (fully) put in place
+            result["removed_own_damage"] = True
         if store.exists(original):
             current = store.digest(original)
             if current == digest:
                 if store.exists(quarantine):
                     store.remove(quarantine)  # verified duplicate of what is back in place
+                _remove_empty_quarantine(store, quarantine)
                 return {**result, "note": "already in place, digest verified"}
-            if current == undo.get("damaged_digest"):
+            if cls._is_own_damage(store, undo, quarantine, current):
                 store.remove(original)  # the damaged copy this stage wrote
+                result["removed_own_damage"] = True
             else:
                 displaced = f"{quarantine}.displaced-{int(time.time())}"
                 store.move(original, displaced, expected_digest=current)
-                result["displaced"] = displaced  # something else took the name: kept, not deleted
+                result["kept_foreign"] = displaced  # something else took the name: kept, not deleted
         if not store.exists(quarantine):
             raise RestoreError(f"{original} is missing and its quarantined copy {quarantine} is gone")
         if store.digest(quarantine) != digest:
@@ -243,10 +385,28 @@ class CheckpointWipe(StageSpec):
         _remove_empty_quarantine(store, quarantine)
         return {**result, "digest_verified": True}
 
+    @staticmethod
+    def _is_own_damage(store: CheckpointStore, undo: dict[str, Any], quarantine: str, current: str) -> bool:
+        if current == undo.get("damaged_digest"):
+            return True
+        if undo.get("mode") in ("truncate", "corrupt") and store.exists(quarantine) \
+                and store.digest(quarantine) == undo["digest"]:
+            # A crash kept the damaged copy's digest out of the ledger: damage is deterministic, so
+            # write it again aside and compare.
+            return store.damaged_digest(quarantine, undo["mode"]) == current
+        return False
+
+
+def _identity(pid: int) -> list[Any]:
+    import psutil
+
+    try:
+        return [pid, psutil.Process(pid).create_time()]
+    except psutil.Error:
+        return [pid, None]
+
 
 def _remove_empty_quarantine(store: CheckpointStore, quarantine: str) -> None:
-    import posixpath
-
     run_folder = posixpath.dirname(quarantine)
     for folder in (run_folder, posixpath.dirname(run_folder)):
         try:
@@ -254,50 +414,3 @@ def _remove_empty_quarantine(store: CheckpointStore, quarantine: str) -> None:
                 store.fs.rmdir(folder)
         except OSError:
             return
-
-
-def _wait(proc: subprocess.Popen[str], timeout_s: float) -> tuple[str, str, bool]:
-    """Wait for the command, but stop it when the kill switch is engaged or it runs too long."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            stdout, stderr = proc.communicate(timeout=KILL_SWITCH_POLL_S)
-            return stdout, stderr, False
-        except subprocess.TimeoutExpired:
-            pass
-        try:
-            check_kill_switch()
-        except KillSwitchEngaged:
-            _stop(proc)
-            raise
-        if time.monotonic() > deadline:
-            _stop(proc)
-            stdout, stderr = proc.communicate()
-            return stdout, stderr, True
-
-
-def _stop(proc: subprocess.Popen[str]) -> None:
-    import signal
-
-    try:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=5)
-    except (ProcessLookupError, subprocess.TimeoutExpired):
-        try:
-            os.killpg(proc.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-    proc.communicate()
-
-
-def _resumed_step(stdout: str) -> int | None:
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line.startswith("{") or RESUME_KEY not in line:
-            continue
-        try:
-            value = json.loads(line).get(RESUME_KEY)
-        except (json.JSONDecodeError, AttributeError):
-            continue
-        return int(value or 0)
-    return None

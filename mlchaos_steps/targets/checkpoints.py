@@ -16,7 +16,7 @@ from typing import Any
 
 from mlchaos_steps import config
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SafetyError, SpecError
-from mlchaos_steps.targets.files import CHUNK, file_digest, hasher, hexdigest
+from mlchaos_steps.targets.files import CHUNK, clone_or_copy, file_digest, hasher, hexdigest
 
 QUARANTINE_DIR = ".mlchaos-quarantine"
 # Roots that are never a checkpoint store, even when someone points at them.
@@ -43,6 +43,12 @@ def check_store_url(url: str, field: str = "spec.store") -> None:
         raise SafetyError(field, f"{url!r} is not allowed: point it at the folder that holds your checkpoints")
     if not path.strip("/"):
         raise SafetyError(field, f"{url!r} is not allowed: point it at the folder that holds your checkpoints")
+
+
+def _files(fs: Any, path: str) -> list[str]:
+    if fs.isdir(path):
+        return sorted(f for f in fs.find(path) if posixpath.basename(f) != "registered_model_meta")
+    return [path]
 
 
 class CheckpointStore:
@@ -121,17 +127,20 @@ class CheckpointStore:
 
     def files(self, path: str) -> list[str]:
         """Every file of a checkpoint (itself, for a file checkpoint), sorted."""
-        if self.fs.isdir(path):
-            return sorted(f for f in self.fs.find(path) if posixpath.basename(f) != "registered_model_meta")
-        return [path]
+        return _files(self.fs, path)
 
     def digest(self, path: str) -> str:
         """One digest over a checkpoint: its files' relative names and contents."""
+        return self.digest_with(self.fs, path)
+
+    @staticmethod
+    def digest_with(fs: Any, path: str) -> str:
+        """The checkpoint digest of ``path`` on any fsspec file system (a mirror the trainer loaded)."""
         outer = hasher()
         base = path.rstrip("/")
-        for file in self.files(path):
+        for file in _files(fs, path):
             rel = posixpath.relpath(file, base) if file != base else "."
-            outer.update(f"{rel}\0{file_digest(self.fs, file)}\n".encode())
+            outer.update(f"{rel}\0{file_digest(fs, file)}\n".encode())
         return hexdigest(outer)
 
     def size_bytes(self, path: str) -> int:
@@ -141,6 +150,61 @@ class CheckpointStore:
     def quarantine_path(self, run_dir: str, name: str) -> str:
         return self.join(QUARANTINE_DIR, run_dir, name)
 
+    def make_quarantine(self, run_dir: str) -> None:
+        """Create ``.mlchaos-quarantine/<run>/`` as real folders: a link planted there is never followed."""
+        folder = self.join(QUARANTINE_DIR)
+        if not self.local:
+            self.fs.makedirs(self.join(QUARANTINE_DIR, run_dir), exist_ok=True)
+            return
+        for path in (folder, self.join(QUARANTINE_DIR, run_dir)):
+            try:
+                os.mkdir(path, 0o700)
+            except FileExistsError:
+                pass
+            if os.path.islink(path) or not os.path.isdir(path):
+                raise SafetyError("spec.store", f"{path} is a link or not a folder: mlchaos creates its "
+                                                "quarantine itself; remove it and run the stage again")
+
+    def signature(self, path: str) -> list[list[Any]]:
+        """What a checkpoint is right now, read without following links: every entry's type, size,
+        mtime, inode (local stores) or its digest (elsewhere). A link inside the store that leaves the
+        checkpoint, or a checkpoint that is itself a link, is refused."""
+        if not self.local:
+            return [[".", "digest", self.digest(path)]]
+        base = path.rstrip("/")
+        st = os.lstat(base)
+        if os.path.islink(base):
+            raise SafetyError("spec.store", f"{base} is a symlink: chaos never breaks a link's target; point the "
+                                            "stage at real checkpoints")
+        # A folder's own mtime may change when it is renamed into quarantine (its '..' entry): its
+        # entries say what it holds.
+        entries: list[list[Any]] = [[".", st.st_mode, st.st_ino] if os.path.isdir(base)
+                                    else [".", st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino]]
+        if os.path.isdir(base):
+            for folder, dirs, files in os.walk(base, followlinks=False):
+                for name in sorted(dirs + files):
+                    full = os.path.join(folder, name)
+                    st = os.lstat(full)
+                    rel = os.path.relpath(full, base)
+                    entry: list[Any] = [rel, st.st_mode, st.st_size, st.st_mtime_ns, st.st_ino]
+                    if os.path.islink(full):
+                        target = os.path.realpath(full)
+                        if not (target == base or target.startswith(base + os.sep)):
+                            raise SafetyError("spec.store", f"{full} links to {target}, outside its checkpoint "
+                                                            f"{base}: remove the link or point the store elsewhere")
+                        entry.append(os.readlink(full))
+                    entries.append(entry)
+        return entries
+
+    def check_unchanged(self, path: str, recorded: list[list[Any]], what: str) -> None:
+        """Refuse to act when ``path`` is no longer what ``signature`` recorded (time of check to time of use)."""
+        try:
+            now = self.signature(path)
+        except FileNotFoundError:
+            now = []
+        if now != recorded:
+            raise InfrastructureError(f"{what} changed since snapshot (re-saved, replaced or linked by someone "
+                                      "else): nothing was moved; run the stage again once the store is quiet")
     def move(self, src: str, dst: str, expected_digest: str | None = None) -> None:
         """Move a checkpoint. Local: one rename. Elsewhere: copy, check the copy's digest, then delete."""
         self.fs.makedirs(posixpath.dirname(dst), exist_ok=True)
@@ -160,8 +224,9 @@ class CheckpointStore:
         """Write a damaged copy of the checkpoint at ``source`` to ``dest``.
 
         ``truncate`` keeps the first half (at most 4 MiB) of the largest file; ``corrupt`` flips
-        bytes spread through it. Other files of a folder checkpoint are hard-linked where the store
-        allows it, so only the damaged file costs I/O.
+        bytes spread through it. Other files of a folder checkpoint are reflinked where the file system
+        can, else copied: never hard-linked, so nothing written to the damaged copy (a trainer that
+        re-saves in place) can reach the quarantined original.
         """
         files = self.files(source)
         victim = max(files, key=lambda f: (int(self.fs.size(f)), f))
@@ -173,10 +238,21 @@ class CheckpointStore:
             if file == victim:
                 self._damage(file, out, mode)
             elif self.local:
-                os.link(file, out)
+                clone_or_copy(file, out)
             else:
                 self.fs.copy(file, out)
         return {"damaged_file": posixpath.relpath(victim, base) if victim != base else posixpath.basename(base)}
+
+    def damaged_digest(self, source: str, mode: str) -> str:
+        """The digest the damaged copy of ``source`` has: damage is deterministic, so restore can tell
+        a copy this stage wrote even when a crash kept its digest out of the ledger."""
+        scratch = f"{source.rstrip('/')}.mlchaos-redamage-{os.getpid()}"
+        try:
+            self.write_damaged(source, scratch, mode)
+            return self.digest(scratch)
+        finally:
+            if self.exists(scratch):
+                self.remove(scratch)
 
     def _damage(self, src: str, dst: str, mode: str) -> None:
         size = int(self.fs.size(src))
