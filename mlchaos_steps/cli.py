@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -134,10 +135,16 @@ def _table(results: list[dict[str, Any]]) -> None:
 
 def _cmd_restore(args: argparse.Namespace) -> int:
     from mlchaos_steps.engine import restore_orphaned, restore_run
+    from mlchaos_steps.engine.phases import open_runs
 
     if args.orphaned:
         results = restore_orphaned(older_than_s=args.older_than)
-        _print(results if args.json else {"restored_runs": results})
+        left_open = [r for r in open_runs(older_than_s=args.older_than) if not r["orphaned"]]
+        _print({"restored": results, "left_open": left_open})
+        if left_open and not args.json:
+            print(f"mlchaos: {len(left_open)} open run(s) left alone (not orphaned): "
+                  + "; ".join(f"{r['run_key']} ({r['stage']}, {r['status']}, {r['age_s']:.0f}s old): {r['why']}"
+                              for r in left_open), file=sys.stderr)
         return 3 if any("error" in r for r in results) else 0
     _print(restore_run(args.run_key))
     return 0
@@ -201,8 +208,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(broken=args.broken, workdir=args.workdir)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a pipeline cancelling the task, a pod evicted), turned into the same exit as Ctrl-C."""
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second SIGTERM must not cut restore short
+    raise Terminated("SIGTERM")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     handler = {"run": _cmd_run, "restore": _cmd_restore, "gate": _cmd_gate, "ledger": _cmd_ledger,
@@ -216,8 +233,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         log.debug("unexpected error", exc_info=True)
         print(f"mlchaos: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 3
-    except KeyboardInterrupt:
-        print("mlchaos: interrupted: run `mlchaos restore --orphaned` if anything was left broken", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        hint = ("restore ran" if args.command == "run" and args.phase == "all" else
+                "run `mlchaos restore --orphaned` if anything was left broken")
+        print(f"mlchaos: {what}: {hint}", file=sys.stderr)
         return 3
 
 

@@ -144,3 +144,19 @@ def two_versions(mlflow_server: str, model_name: str) -> tuple[str, str, str]:
     client().set_registered_model_alias(model_name, "champion", v1)
     client().set_registered_model_alias(model_name, "challenger", v2)
     return model_name, v1, v2
+
+
+def record_real_verdict(name: str, version: str, stage_id: str, status: str, restored: bool = True) -> str:
+    """A verdict written the way the engine writes it: an evidence run, the tags, the run finished."""
+    import uuid
+
+    from mlchaos_steps.engine.verdict import Verdict
+    from mlchaos_steps.gate.verdicts import finish_execution, log_execution, record_verdict
+    from mlchaos_steps.targets.mlflow import ModelRef
+
+    ref, key = ModelRef(name, str(version)), f"test-{uuid.uuid4().hex[:8]}"
+    verdict = Verdict(status=status, reason=f"{stage_id} {status} (test)")  # type: ignore[arg-type]
+    run_id = log_execution(stage_id, "Test", {}, verdict, key, None, ref)
+    record_verdict(ref, stage_id, verdict, run_id, key, restored=restored)
+    finish_execution(run_id, verdict)
+    return run_id

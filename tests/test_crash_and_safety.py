@@ -51,12 +51,12 @@ def test_sigkill_after_inject_then_restore_orphaned_checkpoint_wipe(store: Path,
     assert checkpoint_digests(store) != before  # it really died with the checkpoint broken
     result = mlchaos("restore", "--orphaned", "--json")
     assert result.returncode == 0, result.stderr
-    restored = json.loads(result.stdout)
+    restored = json.loads(result.stdout)["restored"]
     assert [r["run_key"] for r in restored] == ["crash-wipe"]
     assert tree_digests(store) == before
     assert SqliteLedger().get("crash-wipe").status == RESTORED  # type: ignore[union-attr]
     # and again: nothing left to do
-    assert json.loads(mlchaos("restore", "--orphaned", "--json").stdout) == []
+    assert json.loads(mlchaos("restore", "--orphaned", "--json").stdout) == {"restored": [], "left_open": []}
 
 
 def test_sigkill_after_inject_then_restore_orphaned_pod_delete(healthy_server: ExampleServer, tmp_path: Path) -> None:
@@ -67,7 +67,7 @@ def test_sigkill_after_inject_then_restore_orphaned_pod_delete(healthy_server: E
     proc.wait()
     result = mlchaos("restore", "--orphaned", "--json")
     assert result.returncode == 0, result.stderr
-    assert [r["run_key"] for r in json.loads(result.stdout)] == ["crash-pod"]
+    assert [r["run_key"] for r in json.loads(result.stdout)["restored"]] == ["crash-pod"]
     assert len(replica_pids(healthy_server)) == 2
     assert SqliteLedger().get("crash-pod").status == RESTORED  # type: ignore[union-attr]
 

@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import BIN, mlchaos
+from conftest import BIN, mlchaos, record_real_verdict
 
 from mlchaos_steps.examples.models import register_sklearn
 from mlchaos_steps.gate import promote
@@ -17,7 +17,10 @@ STAGES = ["checkpoint-wipe", "pod-delete", "registry-artifact-removal", "canary-
 
 def _tag(name: str, version: str, verdicts: dict[str, str]) -> None:
     for stage, verdict in verdicts.items():
-        client().set_model_version_tag(name, version, f"mlchaos.{stage}.verdict", verdict)
+        if verdict in ("passed", "failed", "inconclusive"):
+            record_real_verdict(name, version, stage, verdict)
+        else:  # garbled: what no run of ours writes
+            client().set_model_version_tag(name, version, f"mlchaos.{stage}.verdict", verdict)
 
 
 @pytest.mark.parametrize(

@@ -158,18 +158,15 @@ def carry_verdicts(context: Any, model: str, version: str, stage_groups: Sequenc
     left out, so the gate sees it missing and blocks.
     """
     from mlchaos_steps.engine.ledger import default_ledger
-    from mlchaos_steps.engine.verdict import Verdict
-    from mlchaos_steps.gate.verdicts import record_verdict
+    from mlchaos_steps.gate.verdicts import carry_verdict
     from mlchaos_steps.targets.mlflow import ModelRef
 
     carried = {}
+    ledger = default_ledger()
     for group in stage_groups:
         key = f"{context['dag'].dag_id}/{context['run_id']}/{group}"
-        execution = default_ledger().get(key)
+        execution = ledger.get(key)
         if execution is None or not execution.verdict_detail:
             continue
-        verdict = Verdict.model_validate(execution.verdict_detail)
-        record_verdict(ModelRef(model, str(version)), execution.stage_id, verdict,
-                       execution.state.get("mlflow_run_id", ""), key)
-        carried[execution.stage_id] = verdict.status
+        carried[execution.stage_id] = carry_verdict(execution, ModelRef(model, str(version)), ledger)
     return carried

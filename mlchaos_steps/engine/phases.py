@@ -41,7 +41,7 @@ from mlchaos_steps.engine.ledger import (
     default_ledger,
     owner_alive,
 )
-from mlchaos_steps.engine.locks import target_locks
+from mlchaos_steps.engine.locks import run_key_lock, target_locks
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import KillSwitchEngaged, MlchaosError, RestoreError, SpecError
 from mlchaos_steps.stages import StageSpec, stage_class
@@ -133,17 +133,22 @@ def run_phase(
             return PhaseResult(phase, run_key, "dry-run", {"note": "dry run: nothing to do after snapshot"})
         plan = stage.plan(PhaseContext(run_key, ledger, None))
         return PhaseResult("snapshot", run_key, "dry-run", redact(plan))
-    try:
-        if phase == "verify":
-            return _verify(stage, run_key, ledger, model, version)
-        return {"snapshot": _snapshot, "inject": _inject}[phase](stage, run_key, ledger)
-    finally:
-        # Between phases nobody owns the run; `restore --orphaned` tells a crash by a dead owner.
-        if not _hold_owner and ledger.get(run_key):
-            ledger.release_owner(run_key)
+    # "Already done?" is decided under the run key's lock, by whoever holds it: one run key, one execution.
+    with run_key_lock(run_key):
+        try:
+            if phase == "verify":
+                return _verify(stage, run_key, ledger, model, version)
+            if phase == "snapshot":
+                return _snapshot(stage, run_key, ledger, model, version)
+            return _inject(stage, run_key, ledger)
+        finally:
+            # Between phases nobody owns the run; `restore --orphaned` tells a crash by a dead owner.
+            if not _hold_owner and ledger.get(run_key):
+                ledger.release_owner(run_key)
 
 
-def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger) -> PhaseResult:
+def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = None,
+              version: str | None = None) -> PhaseResult:
     existing = ledger.get(run_key)
     if existing:
         _same_spec(existing, stage)
@@ -161,6 +166,7 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger) -> PhaseResult:
             for target_id in stage.target_ids():
                 ledger.acquire_lease(target_id, run_key)
             output = stage.snapshot(ctx)
+            _mark_pending(stage, ctx, model, version)
     except BaseException as exc:
         # Snapshot changes nothing in the world: close the execution so the target is free again.
         _record(ledger, run_key, "snapshot", started, "failed", error=_describe(exc), status=RESTORED)
@@ -202,6 +208,10 @@ def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = 
     if execution is None:
         raise SpecError("--phase verify", f"no execution for run key {run_key!r}: run snapshot and inject first")
     _same_spec(execution, stage)
+    if execution.phases.get("verify", {}).get("status") and execution.verdict_detail:
+        recorded = Verdict.model_validate(execution.verdict_detail)
+        return PhaseResult("verify", run_key, "skipped", recorded.model_dump(mode="json"), verdict=recorded,
+                           journal=_journal(execution, ledger))
     ledger.claim(run_key)
     started = time.time()
     error = None
@@ -257,35 +267,58 @@ def _model_ref(stage: StageSpec, ctx: PhaseContext, model: str | None, version: 
     return resolve_version(model, version, field="--version")
 
 
+def _mark_pending(stage: StageSpec, ctx: PhaseContext, model: str | None, version: str | None) -> None:
+    """Before anything breaks: the version the verdict goes onto says a run is in progress (the gate
+    blocks), so a stale verdict of an earlier run can never stand for this one."""
+    ref = _model_ref(stage, ctx, model, version)
+    if ref is None:
+        return
+    from mlchaos_steps.gate.verdicts import mark_pending
+
+    mark_pending(ref, stage.stage_id, ctx.run_key)
+    ctx.save(verdict_target={"name": ref.name, "version": ref.version})
+
+
 def _report(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, ref: Any, journal: Path) -> Execution:
-    """Log the evidence run and, when a model version is known, put the verdict tags on it."""
-    from mlchaos_steps.gate.verdicts import log_execution, record_verdict
+    """Log the evidence run and, when a model version is known, put the verdict tags on it; the evidence
+    run is finished last, so a gate never sees a verdict whose run does not stand behind it."""
+    from mlchaos_steps.gate.verdicts import finish_execution, log_execution, record_verdict
 
     assert ctx.execution is not None
     run_id = log_execution(stage.stage_id, stage.kind, ctx.execution.spec, verdict, ctx.run_key, journal, ref)
-    state: dict[str, Any] = {"mlflow_run_id": run_id}
+    ctx.save(mlflow_run_id=run_id)
+    state: dict[str, Any] = {}
     if ref is not None:
+        state["verdict_target"] = state["model_version"] = {"name": ref.name, "version": ref.version}
+        ctx.save(**state)
         record_verdict(ref, stage.stage_id, verdict, run_id, ctx.run_key)
-        state["model_version"] = {"name": ref.name, "version": ref.version}
+    finish_execution(run_id, verdict)
     return ctx.ledger.update(ctx.run_key, state=state)
 
 
 def restore_run(run_key: str, *, ledger: Ledger | None = None) -> dict[str, Any]:
     """Undo everything the run broke, from the ledger alone. Idempotent; ignores the kill switch."""
     ledger = ledger or default_ledger()
+    with run_key_lock(run_key):
+        return _restore(run_key, ledger)
+
+
+def _restore(run_key: str, ledger: Ledger) -> dict[str, Any]:
     execution = ledger.get(run_key)
     if execution is None:
         return {"restored": 0, "note": f"nothing recorded under run key {run_key!r}"}
     cls = stage_class(execution.kind)
-    ctx = PhaseContext(run_key, ledger, execution)
     started = time.time()
-    pending = [a for a in ledger.actions(run_key) if a.state in (PLANNED, APPLIED, UNDO_FAILED)]
     done, errors = [], []
     try:
         target_ids = cls.model_validate(execution.spec).target_ids()
     except Exception:  # a spec written by an older version: lock nothing rather than fail to restore
         target_ids = []
     with target_locks(target_ids):
+        # Read what is pending only now, under the locks: never undo from a stale record.
+        execution = ledger.get(run_key) or execution
+        ctx = PhaseContext(run_key, ledger, execution)
+        pending = [a for a in ledger.actions(run_key) if a.state in (PLANNED, APPLIED, UNDO_FAILED)]
         for action in reversed(pending):
             try:
                 result = cls.restore_action(action, ctx)
@@ -306,6 +339,7 @@ def restore_run(run_key: str, *, ledger: Ledger | None = None) -> dict[str, Any]
     if errors:
         execution = _record(ledger, run_key, "restore", started, "failed", output, error="; ".join(errors),
                             status=RESTORE_FAILED)
+        _record_restore(execution, restored=False)
         _journal(execution, ledger)
         raise RestoreError(
             f"restore of run {run_key!r} is incomplete: {'; '.join(errors)}. Nothing was deleted; "
@@ -313,6 +347,7 @@ def restore_run(run_key: str, *, ledger: Ledger | None = None) -> dict[str, Any]
         )
     ledger.release_leases(run_key)
     execution = _record(ledger, run_key, "restore", started, "ok", output, status=RESTORED)
+    _record_restore(execution, restored=True)
     journal = _journal(execution, ledger)
     if execution.state.get("mlflow_run_id"):
         try:
@@ -324,26 +359,62 @@ def restore_run(run_key: str, *, ledger: Ledger | None = None) -> dict[str, Any]
     return output
 
 
-def restore_orphaned(*, older_than_s: float = 3600.0, ledger: Ledger | None = None) -> list[dict[str, Any]]:
-    """Restore every run an earlier crash left unrestored.
+def _record_restore(execution: Execution, restored: bool) -> None:
+    """Tell the version whether this run restored cleanly: a verdict counts for the gate only then."""
+    target = execution.state.get("verdict_target")
+    if not target:
+        return
+    try:
+        from mlchaos_steps.gate.verdicts import record_restore
+        from mlchaos_steps.targets.mlflow import ModelRef
+
+        record_restore(ModelRef(target["name"], str(target["version"])), execution.stage_id, execution.run_key,
+                       restored, execution.verdict)
+    except Exception as exc:  # the tag stays `pending`: the gate blocks, which is the safe side
+        log.warning("could not record the restore of %s on %s: %s", execution.run_key, target, exc)
+
+
+def open_runs(*, older_than_s: float = 3600.0, ledger: Ledger | None = None) -> list[dict[str, Any]]:
+    """Every run not yet restored, with its age and whether ``restore --orphaned`` would take it.
 
     A run is orphaned when the process working on it died, or when no process owns it and it has not
     moved for ``older_than_s`` (a pipeline that stopped between phases).
     """
     ledger = ledger or default_ledger()
-    results = []
     now = time.time()
     here = socket.gethostname()
+    found = []
     for execution in ledger.open_executions():
+        idle_s = now - execution.updated_at
+        entry: dict[str, Any] = {"run_key": execution.run_key, "stage": execution.stage_id,
+                                 "status": execution.status, "age_s": round(now - execution.created_at, 1),
+                                 "idle_s": round(idle_s, 1)}
         if execution.owner_pid and execution.owner_host in (None, here):
-            if owner_alive(execution.owner_pid, execution.owner_started):
-                continue
-        elif now - execution.updated_at < older_than_s:
-            continue  # unowned, or owned on another machine we cannot check: wait until it goes stale
+            alive = owner_alive(execution.owner_pid, execution.owner_started)
+            entry["orphaned"] = not alive
+            entry["why"] = (f"owned by live process {execution.owner_pid}" if alive
+                            else f"its process {execution.owner_pid} died")
+        else:
+            entry["orphaned"] = idle_s >= older_than_s
+            owner = f"owned on {execution.owner_host}" if execution.owner_pid else "between pipeline phases"
+            entry["why"] = (f"{owner}, idle for {idle_s:.0f}s" if entry["orphaned"] else
+                            f"{owner}, idle for {idle_s:.0f}s: restored once idle for --older-than "
+                            f"{older_than_s:g}s (or `mlchaos restore --run-key {execution.run_key}`)")
+        found.append(entry)
+    return found
+
+
+def restore_orphaned(*, older_than_s: float = 3600.0, ledger: Ledger | None = None) -> list[dict[str, Any]]:
+    """Restore every run an earlier crash left unrestored (see :func:`open_runs`); returns what was done."""
+    ledger = ledger or default_ledger()
+    results = []
+    for entry in open_runs(older_than_s=older_than_s, ledger=ledger):
+        if not entry["orphaned"]:
+            continue
         try:
-            results.append({"run_key": execution.run_key, **restore_run(execution.run_key, ledger=ledger)})
+            results.append({"run_key": entry["run_key"], **restore_run(entry["run_key"], ledger=ledger)})
         except MlchaosError as exc:
-            results.append({"run_key": execution.run_key, "error": str(exc)})
+            results.append({"run_key": entry["run_key"], "error": str(exc)})
     return results
 
 
@@ -351,21 +422,29 @@ def run_stage(
     stage: StageSpec, run_key: str | None = None, *, dry_run: bool = False, ledger: Ledger | None = None,
     model: str | None = None, version: str | None = None,
 ) -> StageOutcome:
-    """Run snapshot, inject and verify, then always restore. A finished run key returns its recorded verdict."""
+    """Run snapshot, inject and verify, then always restore. A finished run key returns its recorded verdict;
+    a run key in progress in another process is waited for (``MLCHAOS_RUN_KEY_WAIT_S``), then the same."""
     ledger = ledger or default_ledger()
     run_key = run_key or new_run_key()
     if dry_run:
         plan = run_phase(stage, "snapshot", run_key, dry_run=True, ledger=ledger)
         verdict = Verdict.inconclusive("dry run: targets resolved, nothing was broken", evidence=plan.output)
         return StageOutcome(run_key, stage.stage_id, verdict, restored=True, phases=[plan])
-    existing = ledger.get(run_key)
-    if existing and existing.status == RESTORED and existing.verdict_detail:
-        _same_spec(existing, stage)
-        return StageOutcome(run_key, stage.stage_id, Verdict.model_validate(existing.verdict_detail), True,
-                            journal=_journal(existing, ledger))
+    with run_key_lock(run_key):
+        existing = ledger.get(run_key)
+        if existing and existing.status == RESTORED and existing.verdict_detail:
+            _same_spec(existing, stage)
+            return StageOutcome(run_key, stage.stage_id, Verdict.model_validate(existing.verdict_detail), True,
+                                journal=_journal(existing, ledger))
+        return _run_all(stage, run_key, ledger, model, version)
+
+
+def _run_all(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, version: str | None
+             ) -> StageOutcome:
     results: list[PhaseResult] = []
     verdict: Verdict | None = None
     restore_error = None
+    interrupted: BaseException | None = None
     try:
         if model or version:  # resolve an @alias once, before anything breaks
             from mlchaos_steps.targets.mlflow import resolve_version
@@ -376,9 +455,7 @@ def run_stage(
         for phase in ("snapshot", "inject", "verify"):
             results.append(run_phase(stage, phase, run_key, ledger=ledger, model=model, version=version,
                                      _hold_owner=True))
-        result = results[-1]
-        results.append(result)
-        verdict = result.verdict
+        verdict = results[-1].verdict
     except KillSwitchEngaged as exc:
         verdict = Verdict.inconclusive(f"stopped: {exc}")
     except SpecError:
@@ -386,6 +463,9 @@ def run_stage(
     except Exception as exc:  # fail closed: anything unexpected is an infrastructure error, never a pass
         log.error("stage %s run %s: %s", stage.stage_id, run_key, _describe(exc))
         verdict = Verdict.inconclusive(f"infrastructure error: {_describe(exc)}")
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into an exit: restore still runs
+        interrupted = exc
+        verdict = Verdict.inconclusive(f"interrupted ({type(exc).__name__}): the stage did not finish")
     finally:
         try:
             results.append(PhaseResult("restore", run_key, "ok", restore_run(run_key, ledger=ledger)))
@@ -398,6 +478,8 @@ def run_stage(
     if execution and execution.verdict != verdict.status:
         execution = ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
     journal = _journal(execution, ledger) if execution else None
+    if interrupted is not None:
+        raise interrupted
     return StageOutcome(run_key, stage.stage_id, verdict, restore_error is None, restore_error, journal, results)
 
 

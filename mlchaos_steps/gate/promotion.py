@@ -1,7 +1,8 @@
 """The promotion gate: move the alias only when every required stage passed on that exact version.
 
-Fails closed: a ``failed``, ``inconclusive`` or missing verdict blocks, and a blocked gate never moves
-anything. Either way it writes ``mlchaos.gate`` (promoted|blocked) and ``mlchaos.gate.reason``. Gates
+Fails closed: a ``failed``, ``inconclusive``, ``pending`` or missing verdict blocks, and so does a
+verdict whose run did not restore cleanly or whose evidence run does not stand behind it; a blocked
+gate never moves anything. Either way it writes ``mlchaos.gate`` (promoted|blocked) and ``mlchaos.gate.reason``. Gates
 on one model are serialised by a lock; a version that loses the alias to a later promotion is tagged
 ``superseded``, so exactly one version carries ``mlchaos.gate=promoted``: the one the alias points to.
 
@@ -46,19 +47,77 @@ class GateDecision:
         return 0 if self.promoted else 1
 
 
-def decide(tags: dict[str, str], require: list[str]) -> tuple[bool, str, dict[str, str | None]]:
-    """Pure decision over a version's tags: every required stage must be ``passed``."""
+@dataclass(frozen=True)
+class EvidenceRun:
+    """What the gate needs of a verdict's evidence run: how it ended and what it says."""
+
+    status: str
+    verdict: str | None
+    run_key: str | None
+    stage_id: str | None
+
+
+def decide(tags: dict[str, str], require: list[str], runs: dict[str, EvidenceRun | None] | None = None
+           ) -> tuple[bool, str, dict[str, str | None]]:
+    """Pure decision over a version's tags and the evidence runs they name.
+
+    A stage counts only when its verdict is exactly ``passed``, its run restored cleanly (``restore``
+    tag), and its evidence run finished with the same verdict, stage and run key: a verdict tag left
+    behind by a run that did not finish writing (or a stale one) never counts."""
+    runs = runs or {}
     verdicts = {stage: tags.get(f"mlchaos.{stage}.verdict") for stage in require}
     problems = []
     for stage, verdict in verdicts.items():
         if verdict is None:
             problems.append(f"{stage}: no verdict")
+        elif verdict == "pending":
+            problems.append(f"{stage}: a run is in progress (run key {tags.get(f'mlchaos.{stage}.run_key')})")
         elif verdict != "passed":
             reason = tags.get(f"mlchaos.{stage}.reason", "")
             problems.append(f"{stage}: {verdict}" + (f" ({reason[:200]})" if reason else ""))
+        elif tags.get(f"mlchaos.{stage}.restore") != "restored":
+            problems.append(f"{stage}: its run did not restore cleanly "
+                            f"(restore: {tags.get(f'mlchaos.{stage}.restore', 'not recorded')})")
+        else:
+            problem = _evidence_problem(stage, tags, runs.get(tags.get(f"mlchaos.{stage}.run_id", "")))
+            if problem:
+                problems.append(f"{stage}: {problem}")
     if problems:
         return False, "blocked: " + "; ".join(problems), verdicts
     return True, "every required stage passed: " + ", ".join(require), verdicts
+
+
+def _evidence_problem(stage: str, tags: dict[str, str], run: EvidenceRun | None) -> str | None:
+    if run is None:
+        return f"its evidence run {tags.get(f'mlchaos.{stage}.run_id')!r} cannot be found"
+    if run.status != "FINISHED" or run.verdict != "passed":
+        return (f"its evidence run does not stand behind the verdict (run {run.status.lower()}, "
+                f"verdict {run.verdict})")
+    if run.stage_id != stage or run.run_key != tags.get(f"mlchaos.{stage}.run_key"):
+        return "its evidence run belongs to another execution"
+    return None
+
+
+def evidence_runs(tags: dict[str, str], require: list[str]) -> dict[str, EvidenceRun | None]:
+    """The evidence runs the version's passed verdicts name (one read each)."""
+    from mlflow.exceptions import MlflowException
+
+    c = client()
+    found: dict[str, EvidenceRun | None] = {}
+    for stage in require:
+        run_id = tags.get(f"mlchaos.{stage}.run_id")
+        if tags.get(f"mlchaos.{stage}.verdict") != "passed" or not run_id or run_id in found:
+            continue
+        try:
+            run = c.get_run(run_id)
+        except MlflowException as exc:
+            if is_unreachable(exc):
+                raise
+            found[run_id] = None
+            continue
+        found[run_id] = EvidenceRun(run.info.status, run.data.tags.get("mlchaos.verdict"),
+                                    run.data.tags.get("mlchaos.run_key"), run.data.tags.get("mlchaos.stage_id"))
+    return found
 
 
 def _lock(model: str) -> FileLock:
@@ -84,7 +143,7 @@ def promote(model: str, version: str, require: list[str], alias: str = "champion
             started = time.perf_counter()
             mv = c.get_model_version(ref.name, ref.version)  # one call: every verdict tag at once
             tags = dict(mv.tags or {})
-            ok, reason, verdicts = decide(tags, require)
+            ok, reason, verdicts = decide(tags, require, evidence_runs(tags, require))
             if ok and check_artifacts:
                 intact, why = artifacts_intact(ref, tags)
                 if not intact:

@@ -1,8 +1,14 @@
 """Verdicts on the model version: tags the gate reads, and one MLflow run of evidence per execution.
 
-Tags, per stage id: ``mlchaos.<stage>.verdict`` (passed|failed|inconclusive), ``mlchaos.<stage>.run_id``
-(the MLflow run with the evidence), ``mlchaos.<stage>.run_key``, ``mlchaos.<stage>.reason`` and one
-tag per metric (``mlchaos.<stage>.recovery_seconds``...).
+Tags, per stage id: ``mlchaos.<stage>.verdict`` (passed|failed|inconclusive, or ``pending`` while a run
+is in progress), ``mlchaos.<stage>.run_id`` (the MLflow run with the evidence), ``mlchaos.<stage>.run_key``,
+``mlchaos.<stage>.reason``, ``mlchaos.<stage>.restore`` (``restored`` once the run put everything back)
+and one tag per metric (``mlchaos.<stage>.recovery_seconds``...).
+
+Order of writing, so that a reader never sees a verdict its run does not stand behind: ``pending``
+when the run starts; then the evidence run (left RUNNING), the detail tags, the verdict tag; the
+evidence run is finished with the same verdict last; ``restore`` after restore. The gate checks that
+the evidence run finished with the version's verdict and run key, and that it restored.
 """
 
 from __future__ import annotations
@@ -43,9 +49,13 @@ def _flatten(prefix: str, value: Any, out: dict[str, str]) -> None:
         out[prefix] = text[:MAX_PARAM_CHARS]
 
 
-def verdict_tags(stage_id: str, verdict: Verdict, run_id: str, run_key: str) -> dict[str, str]:
+PENDING = "pending"
+RESTORED_TAG = "restored"
+
+
+def verdict_detail_tags(stage_id: str, verdict: Verdict, run_id: str, run_key: str) -> dict[str, str]:
+    """Every tag of a verdict but the verdict itself (which is written last)."""
     tags = {
-        f"mlchaos.{stage_id}.verdict": verdict.status,
         f"mlchaos.{stage_id}.run_id": run_id,
         f"mlchaos.{stage_id}.run_key": run_key,
         f"mlchaos.{stage_id}.reason": verdict.reason[:4000],
@@ -55,18 +65,26 @@ def verdict_tags(stage_id: str, verdict: Verdict, run_id: str, run_key: str) -> 
     return tags
 
 
+def mark_pending(model: ModelRef, stage_id: str, run_key: str) -> None:
+    """A run of this stage started on the version: the gate blocks until it finishes and restores."""
+    c = client()
+    c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.verdict", PENDING)
+    c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.run_key", run_key)
+    c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.restore", PENDING)
+
+
 def log_execution(stage_id: str, kind: str, spec: dict[str, Any], verdict: Verdict, run_key: str,
                   journal: Path | None, model: ModelRef | None) -> str:
-    """Log one MLflow run of evidence in experiment ``mlchaos``; return its id."""
+    """Log one MLflow run of evidence in experiment ``mlchaos``; return its id. The run stays RUNNING
+    until :func:`finish_execution`: only a finished run stands behind a verdict."""
     from mlflow.entities import Metric, Param
 
     c = client()
     tags = {"mlchaos.run_key": run_key, "mlchaos.stage_id": stage_id, "mlchaos.kind": kind,
-            "mlchaos.verdict": verdict.status, "mlflow.runName": f"{stage_id} {run_key}"[:250],
-            **pipeline_identity()}
+            "mlflow.runName": f"{stage_id} {run_key}"[:250], **pipeline_identity()}
     if model:
         tags.update({"mlchaos.model": model.name, "mlchaos.model_version": model.version})
-    run = c.create_run(experiment_id(EXPERIMENT), tags=tags)
+    run = c.create_run(experiment_id(EXPERIMENT), tags=redact(tags))
     run_id = run.info.run_id
     params: dict[str, str] = {}
     _flatten("", redact(spec), params)
@@ -76,11 +94,17 @@ def log_execution(stage_id: str, kind: str, spec: dict[str, Any], verdict: Verdi
         metrics=[Metric(k, float(v), now, 0) for k, v in verdict.metrics.items()],
         params=[Param(k[:250], v) for k, v in sorted(params.items())][:100],
     )
-    c.log_text(run_id, json.dumps(verdict.model_dump(mode="json"), indent=2, default=str), "verdict.json")
+    c.log_text(run_id, json.dumps(redact(verdict.model_dump(mode="json")), indent=2, default=str), "verdict.json")
     if journal and journal.exists():
         c.log_artifact(run_id, str(journal))
-    c.set_terminated(run_id, "FINISHED" if verdict.status == "passed" else "FAILED")
     return str(run_id)
+
+
+def finish_execution(run_id: str, verdict: Verdict) -> None:
+    """The evidence run stands behind ``verdict``: its tag, then its end (FINISHED for passed)."""
+    c = client()
+    c.set_tag(run_id, "mlchaos.verdict", verdict.status)
+    c.set_terminated(run_id, "FINISHED" if verdict.status == "passed" else "FAILED")
 
 
 def upload_journal(run_id: str, journal: Path) -> None:
@@ -89,10 +113,52 @@ def upload_journal(run_id: str, journal: Path) -> None:
         client().log_artifact(run_id, str(journal))
 
 
-def record_verdict(model: ModelRef, stage_id: str, verdict: Verdict, run_id: str, run_key: str) -> dict[str, str]:
-    """Write the verdict tags on the exact model version."""
+def record_verdict(model: ModelRef, stage_id: str, verdict: Verdict, run_id: str, run_key: str,
+                   restored: bool | None = None) -> dict[str, str]:
+    """Write the verdict tags on the exact model version: details first, the verdict last.
+
+    ``restored`` (when known: verdicts carried after the run) writes the restore tag too."""
     c = client()
-    tags = verdict_tags(stage_id, verdict, run_id, run_key)
+    tags = verdict_detail_tags(stage_id, verdict, run_id, run_key)
+    if restored is not None:
+        tags[f"mlchaos.{stage_id}.restore"] = RESTORED_TAG if restored else "restore_failed"
+    tags[f"mlchaos.{stage_id}.verdict"] = verdict.status
     for key, value in tags.items():
         c.set_model_version_tag(model.name, model.version, key, value)
     return tags
+
+
+def record_restore(model: ModelRef, stage_id: str, run_key: str, restored: bool, verdict: str | None) -> bool:
+    """After restore: say on the version whether this run put everything back. Leaves a newer run's
+    tags alone; returns whether it wrote. A verdict tag that disagrees with the run's final verdict
+    (the run turned inconclusive after the tag was written) is corrected."""
+    c = client()
+    tags = dict(c.get_model_version(model.name, model.version).tags or {})
+    if tags.get(f"mlchaos.{stage_id}.run_key") != run_key:
+        return False
+    if verdict and verdict != "passed" and tags.get(f"mlchaos.{stage_id}.verdict") != verdict:
+        c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.verdict", verdict)
+    c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.restore",
+                            RESTORED_TAG if restored else "restore_failed")
+    return True
+
+
+def carry_verdict(execution: Any, model: ModelRef, ledger: Any) -> str:
+    """Write the verdict of a finished execution onto a version registered after it ran (checkpoint-wipe
+    before ``register``), with its evidence run (logged now if no tracking server was set then) and
+    whether it restored. Returns the verdict."""
+    from mlchaos_steps import config
+    from mlchaos_steps.engine.context import run_dir_name
+    from mlchaos_steps.engine.ledger import RESTORED
+
+    verdict = Verdict.model_validate(execution.verdict_detail)
+    run_id = execution.state.get("mlflow_run_id")
+    if not run_id:
+        journal = config.home() / "runs" / run_dir_name(execution.run_key) / "journal.json"
+        run_id = log_execution(execution.stage_id, execution.kind, execution.spec, verdict, execution.run_key,
+                               journal, model)
+        finish_execution(run_id, verdict)
+        ledger.update(execution.run_key, state={"mlflow_run_id": run_id})
+    record_verdict(model, execution.stage_id, verdict, run_id, execution.run_key,
+                   restored=execution.status == RESTORED)
+    return verdict.status

@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import importlib
-import json
 from pathlib import Path
 from typing import Any
 
@@ -83,22 +82,11 @@ def parse_stage(document: Any, source: str = "") -> StageSpec:
 
 
 def load_stages(path: str | Path) -> list[StageSpec]:
-    """Read every stage of a YAML or JSON file."""
-    import yaml
+    """Read every stage of a YAML or JSON file (bounded: hostile files are refused, see ``documents``)."""
+    from mlchaos_steps.stages.documents import read_documents
 
     path = Path(path)
-    try:
-        text = path.read_text()
-    except OSError as exc:
-        raise SpecError(str(path), f"cannot read the stage file: {exc.strerror}") from None
-    try:
-        if path.suffix == ".json":
-            loaded = json.loads(text)
-            documents = loaded if isinstance(loaded, list) else [loaded]
-        else:
-            documents = [d for d in yaml.safe_load_all(text) if d is not None]
-    except (yaml.YAMLError, json.JSONDecodeError) as exc:
-        raise SpecError(str(path), f"is not valid YAML/JSON: {exc}") from None
+    documents = read_documents(path)
     if not documents:
         raise SpecError(str(path), "holds no stage: write `kind:` and `spec:`")
     return [parse_stage(doc, str(path)) for doc in documents]
