@@ -6,7 +6,7 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import mlchaos
+from conftest import mlchaos, record_real_verdict
 
 from mlchaos_steps.engine import run_phase, run_stage
 from mlchaos_steps.engine.ledger import RESTORED, SqliteLedger
@@ -105,7 +105,7 @@ def test_gate_refuses_the_broken_version_during_the_fault(two_versions: tuple[st
     stage = parse_stage(_doc(name, v2))
     run_phase(stage, "snapshot", "rar-gate")
     run_phase(stage, "inject", "rar-gate")
-    client().set_model_version_tag(name, v2, "mlchaos.pod-delete.verdict", "passed")
+    record_real_verdict(name, v2, "pod-delete", "passed")
     decision = promote(name, v2, ["pod-delete"])
     assert not decision.promoted and "artifacts are not whole" in decision.reason
     run_phase(stage, "restore", "rar-gate")
@@ -121,7 +121,7 @@ def test_store_that_cannot_delete_is_inconclusive_and_nothing_is_lost(two_versio
     stuck = sorted(store.list())[-1]  # something late in the order: earlier files get deleted first
     subprocess.run(["chattr", "+i", str(Path(store.root, stuck))], check=True)
     try:
-        outcome = run_stage(parse_stage(_doc(name, v2)), "rar-stuck")
+        outcome = run_stage(parse_stage(_doc(name, v2, scope="all")), "rar-stuck")
     finally:
         subprocess.run(["chattr", "-i", str(Path(store.root, stuck))], check=True)
     assert outcome.verdict.status == "inconclusive", outcome.verdict
@@ -146,7 +146,7 @@ def test_unknown_model_version_or_alias_exits_2_and_touches_nothing(two_versions
 
 
 def test_tracking_server_down_during_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_name: str) -> None:
-    """Verdict inconclusive, exit 3, no verdict tag (so the gate blocks), and the artifacts still restored."""
+    """Verdict inconclusive, exit 3, the version still says `pending` (so the gate blocks), artifacts restored."""
     from mlchaos_steps.examples import workloads
     from mlchaos_steps.examples.models import register_sklearn
     from mlchaos_steps.gate import promote
@@ -169,7 +169,7 @@ def test_tracking_server_down_during_verify(tmp_path: Path, monkeypatch: pytest.
         assert SqliteLedger().get("rar-down").status == RESTORED  # type: ignore[union-attr]
         server = workloads.start_tracking_server(tmp_path / "own-server", port=server.port)
         tags = client().get_model_version(model_name, version).tags
-        assert "mlchaos.registry-artifact-removal.verdict" not in tags
+        assert tags["mlchaos.registry-artifact-removal.verdict"] == "pending"  # never a verdict it did not reach
         assert not promote(model_name, version, ["registry-artifact-removal"]).promoted
     finally:
         server.stop()
@@ -200,3 +200,99 @@ def test_restore_refuses_a_backup_with_the_wrong_digest(two_versions: tuple[str,
         restore_run("rar-tampered")
     assert backup.read_bytes() == b"tampered"  # kept, never deleted or uploaded
     assert SqliteLedger().get("rar-tampered").status == "restore_failed"  # type: ignore[union-attr]
+
+
+# -- 10. the default scope tests the model's own loader, not MLflow's --------------------------------
+def test_default_scope_catches_a_model_that_falls_back_silently(mlflow_server: str, model_name: str,
+                                                               tmp_path: Path) -> None:
+    version = register_silent_fallback(model_name, tmp_path)
+    outcome = run_stage(parse_stage(_doc(model_name, version)), "rar-default-scope")
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert "weights artifacts gone" in outcome.verdict.reason
+
+
+# -- 9. a load error unrelated to the removal is not detection ---------------------------------------
+def test_model_that_does_not_load_here_even_intact_is_inconclusive_and_untouched(
+        mlflow_server: str, model_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Its class lives in a package this runner lacks: every load fails, removal or not."""
+    import sys
+
+    import mlflow
+
+    from mlchaos_steps.targets.mlflow import experiment_id
+
+    package = tmp_path / "pkg"
+    package.mkdir()
+    (package / "fancy_model_pkg.py").write_text(
+        "import mlflow.pyfunc\n"
+        "class Fancy(mlflow.pyfunc.PythonModel):\n"
+        "    def predict(self, context, model_input, params=None):\n"
+        "        return model_input\n")
+    monkeypatch.syspath_prepend(str(package))
+    import fancy_model_pkg  # noqa: I001  (only importable while the package is on the path)
+
+    weights = tmp_path / "weights.json"
+    weights.write_text("[1, 2, 3]")
+    mlflow.set_tracking_uri(mlflow_server)
+    with mlflow.start_run(experiment_id=experiment_id("mlchaos-examples")):
+        info = mlflow.pyfunc.log_model(name="model", python_model=fancy_model_pkg.Fancy(),
+                                       artifacts={"weights": str(weights)}, pip_requirements=["mlflow"],
+                                       registered_model_name=model_name)
+    version = str(info.registered_model_version)
+    monkeypatch.delitem(sys.modules, "fancy_model_pkg")
+    sys.path.remove(str(package))  # the runner lacks the package now
+    before = _digests(model_name, version)
+    outcome = run_stage(parse_stage(_doc(model_name, version)), "rar-unloadable")
+    assert outcome.verdict.status == "inconclusive", outcome.verdict
+    assert "does not load in this environment" in outcome.verdict.reason
+    assert "fancy_model_pkg" in outcome.verdict.reason
+    assert _digests(model_name, version) == before
+    assert SqliteLedger().actions("rar-unloadable") == []
+
+
+# -- 18. artifacts proxied through `mlflow server --serve-artifacts` ---------------------------------
+@pytest.fixture(scope="module")
+def proxied_server(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    from mlchaos_steps.examples import workloads
+
+    server = workloads.start_tracking_server(tmp_path_factory.mktemp("proxied"), serve_artifacts=True)
+    yield server
+    server.stop()
+
+
+@pytest.mark.parametrize("scope", ["weights", "all"])
+def test_proxied_artifact_store_round_trip(proxied_server, model_name: str,  # type: ignore[no-untyped-def]
+                                           monkeypatch: pytest.MonkeyPatch, scope: str) -> None:
+    from mlchaos_steps.examples.models import register_sklearn
+    from mlchaos_steps.gate import promote
+
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxied_server.url)
+    version = register_sklearn(model_name)
+    uri = client().get_model_version_download_uri(model_name, version)
+    assert uri.startswith("mlflow-artifacts:")
+    root = proxied_server.root / "artifacts" / uri.removeprefix("mlflow-artifacts:/")
+    before = _tree(root)
+    stage = parse_stage(_doc(model_name, version, scope=scope))
+    run_phase(stage, "snapshot", f"proxied-{scope}")
+    run_phase(stage, "inject", f"proxied-{scope}")
+    assert _tree(root) != before  # really deleted, through the server
+    assert not model_loads(f"models:/{model_name}/{version}").ok
+    assert run_phase(stage, "verify", f"proxied-{scope}").verdict.status == "passed"  # type: ignore[union-attr]
+    run_phase(stage, "restore", f"proxied-{scope}")
+    assert _tree(root) == before
+    assert model_loads(f"models:/{model_name}/{version}").ok
+    record_real_verdict(model_name, version, "pod-delete", "passed")
+    assert promote(model_name, version, ["pod-delete"]).promoted  # whole again: the gate accepts it
+
+
+def test_proxied_artifact_store_silent_fallback_fails(proxied_server, model_name: str,  # type: ignore[no-untyped-def]
+                                                      tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", proxied_server.url)
+    version = register_silent_fallback(model_name, tmp_path)
+    uri = client().get_model_version_download_uri(model_name, version)
+    root = proxied_server.root / "artifacts" / uri.removeprefix("mlflow-artifacts:/")
+    before = _tree(root)
+    outcome = run_stage(parse_stage(_doc(model_name, version)), "proxied-silent")
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert outcome.restored, outcome.restore_error
+    assert _tree(root) == before

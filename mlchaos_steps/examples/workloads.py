@@ -224,12 +224,17 @@ class TrackingServer(LocalService):
     root: Path = Path()
 
 
-def start_tracking_server(root: Path, port: int | None = None) -> TrackingServer:
+def start_tracking_server(root: Path, port: int | None = None, serve_artifacts: bool = False) -> TrackingServer:
+    """``serve_artifacts``: the default ``mlflow server`` set-up, artifacts proxied through the server
+    (``mlflow-artifacts:`` URIs); otherwise clients write to the local artifact root themselves."""
     root.mkdir(parents=True, exist_ok=True)
     port = port or free_port()
     argv = [str(venv_bin() / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}",
-            "--default-artifact-root", (root / "artifacts").as_uri(), "--no-serve-artifacts"]
+            "--backend-store-uri", f"sqlite:///{root / 'mlflow.db'}"]
+    if serve_artifacts:
+        argv += ["--serve-artifacts", "--artifacts-destination", (root / "artifacts").as_uri()]
+    else:
+        argv += ["--default-artifact-root", (root / "artifacts").as_uri(), "--no-serve-artifacts"]
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false",
            "PATH": f"{venv_bin()}{os.pathsep}{os.environ.get('PATH', '')}"}
     process = subprocess.Popen(argv, env=env, stdout=open(root / "server.log", "ab"),  # noqa: SIM115

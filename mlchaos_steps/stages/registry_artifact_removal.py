@@ -1,7 +1,8 @@
 """``registry-artifact-removal``: delete the artifacts behind a model version, check the loss is handled.
 
 ``expect: detected`` passes when loading the broken version fails loudly and the promotion gate
-refuses it. ``expect: fallback`` passes when ``models:/name@champion`` still loads, serving stays
+refuses it; snapshot first checks that the intact version loads here, so an unrelated load error never
+passes for detection. ``expect: fallback`` passes when ``models:/name@champion`` still loads, serving stays
 healthy and the champion alias does not move. Files are backed up with digests in ``snapshot``;
 ``inject`` checks each backup's digest again, deletes, and lists the store again: a store that
 reports success but keeps the files makes the verdict ``inconclusive``. Restore uploads the backups,
@@ -13,7 +14,7 @@ Example::
     spec:
       model: churn-classifier
       version: "@challenger"
-      scope: all            # all | weights
+      scope: weights        # weights (default) | all
       expect: detected      # detected | fallback
 """
 
@@ -49,7 +50,9 @@ class RegistryArtifactRemoval(StageSpec):
 
     model: str = Field(min_length=1, description="registered model name")
     version: str = Field(description="a version number or an @alias")
-    scope: Literal["all", "weights"] = "all"
+    scope: Literal["weights", "all"] = Field(
+        default="weights", description="weights: the model's own data files (its loader must notice); all: "
+                                       "every file, MLmodel included (MLflow itself fails first)")
     expect: Literal["detected", "fallback"] = "detected"
     champion_alias: str = Field(default="champion", description="the alias serving relies on (fallback)")
     serving: ServingCheck | None = None
@@ -88,6 +91,14 @@ class RegistryArtifactRemoval(StageSpec):
 
         ref, store, files, victims = self._resolve()
         champion = alias_version(ref.name, self.champion_alias)
+        if self.expect == "detected":
+            # A load failure only means "detected" if the intact version loads here: otherwise any
+            # unrelated error (a package missing in this runner) would pass for detection.
+            intact = model_loads(ref.uri)
+            if not intact.ok:
+                raise InfrastructureError(
+                    f"steady state not met before the fault: the intact {ref.uri} does not load in this "
+                    f"environment ({intact.detail[:300]}); install what it needs, then run the stage again")
         if self.expect == "fallback":
             checks = [model_loads(f"models:/{ref.name}@{self.champion_alias}")]
             if self.serving:

@@ -173,9 +173,15 @@ class ArtifactStore:
         local.makedirs(posixpath.dirname(local_path), exist_ok=True)
         if self.fs is not None:
             return copy_with_digest(self.fs, posixpath.join(self.root, rel), local, local_path)
-        downloaded = self.repo.download_artifacts(rel, dst_path=posixpath.dirname(local_path) + "/.dl")
+        downloaded = self._download(rel, posixpath.dirname(local_path) + "/.dl")
         os.replace(downloaded, local_path)
         return file_digest(local, local_path), os.path.getsize(local_path)
+
+    def _download(self, rel: str, folder: str) -> str:
+        """One artifact through MLflow's repository (proxied ``mlflow-artifacts:`` stores); MLflow wants
+        the destination folder to exist."""
+        os.makedirs(folder, exist_ok=True)
+        return str(self.repo.download_artifacts(rel, dst_path=folder))
 
     def upload(self, local_path: str, rel: str) -> str:
         """Put one file back; return the sha256 of what now lies in the store."""
@@ -188,7 +194,7 @@ class ArtifactStore:
             return copy_with_digest(local, local_path, self.fs, target)[0]  # the digest of the bytes written
         parent = posixpath.dirname(rel) or None
         self.repo.log_artifact(local_path, parent)
-        check = self.repo.download_artifacts(rel, dst_path=posixpath.dirname(local_path) + "/.verify")
+        check = self._download(rel, posixpath.dirname(local_path) + "/.verify")
         digest = file_digest(local, check)
         os.remove(check)
         return digest
