@@ -116,3 +116,106 @@ def test_crash_without_a_selector_is_refused_at_parse_time(deployment: dict[str,
     router = workloads.CanaryRouter(1, None)  # type: ignore[arg-type]
     with pytest.raises(SpecError, match="canary.selector"):
         parse_stage(_doc(deployment, router, "crash"))
+
+
+# -- third-party routers and backends: the traffic itself decides -----------------------------------
+@pytest.fixture
+def registered(two_versions: tuple[str, str, str]) -> str:
+    return two_versions[0]
+
+
+def _third_party(name: str, router: Any, **spec: Any) -> Any:
+    doc = {"kind": "CanaryFailure", "spec": {
+        "model": name, "candidate": "@challenger", "router": {"url": router.url}, "fault": "errors",
+        "rollback_within_s": 5, "stable": {"min_success_ratio": 0.99, "max_p99_ms": 500},
+        "traffic": {"sample": SAMPLE_INPUT, "interval_ms": 10, "timeout_s": 1}, **spec}}
+    return parse_stage(doc)
+
+
+@pytest.fixture
+def backends() -> Iterator[tuple[Any, Any]]:
+    from systems import Backend
+
+    stable, canary = Backend(), Backend()
+    yield stable, canary
+    stable.stop()
+    canary.stop()
+
+
+def test_third_party_router_that_really_rolls_back_passes(registered: str, backends: tuple[Any, Any]) -> None:
+    from systems import Router
+
+    router = Router(backends[0].url, backends[1].url)
+    try:
+        outcome = run_stage(_third_party(registered, router), "tp-honest")
+    finally:
+        router.stop()
+    assert outcome.verdict.status == "passed", outcome.verdict.reason
+    assert outcome.verdict.evidence["observation"]["requests_after_abort"] > 0
+
+
+def test_router_that_says_aborted_but_keeps_routing_to_the_canary_fails(registered: str,
+                                                                        backends: tuple[Any, Any]) -> None:
+    from systems import Router
+
+    router = Router(backends[0].url, backends[1].url, lie=True)
+    try:
+        outcome = run_stage(_third_party(registered, router), "tp-liar")
+    finally:
+        router.stop()
+    assert outcome.verdict.status == "failed", outcome.verdict.reason
+    assert "served by the canary" in outcome.verdict.reason
+
+
+def test_stable_that_hangs_under_load_fails(registered: str) -> None:
+    from systems import Backend, Router
+
+    stable, canary = Backend(hang_over_rps=50, hang_s=3), Backend()
+    router = Router(stable.url, canary.url)
+    try:
+        outcome = run_stage(_third_party(registered, router), "tp-hanging-stable")
+    finally:
+        router.stop()
+        stable.stop()
+        canary.stop()
+    assert outcome.verdict.status == "failed", outcome.verdict.reason
+    assert "TimeoutError" in outcome.verdict.reason or "timeout" in outcome.verdict.reason.lower()
+
+
+def test_abort_recorded_before_the_fault_is_not_a_rollback(registered: str, backends: tuple[Any, Any]) -> None:
+    from systems import Router
+
+    router = Router(backends[0].url, backends[1].url, stale_abort=True)
+    try:
+        outcome = run_stage(_third_party(registered, router), "tp-stale")
+    finally:
+        router.stop()
+    assert outcome.verdict.status == "failed", outcome.verdict.reason
+    assert "before the fault" in outcome.verdict.reason
+    assert "rollback_seconds" not in outcome.verdict.metrics
+
+
+def test_no_abort_and_a_stable_that_served_nothing_is_failed_not_inconclusive(registered: str,
+                                                                             backends: tuple[Any, Any]) -> None:
+    from systems import Router
+
+    router = Router(backends[0].url, backends[1].url, never_abort=True, all_to_canary=True)
+    try:
+        outcome = run_stage(_third_party(registered, router, rollback_within_s=2), "tp-nothing")
+    finally:
+        router.stop()
+    assert outcome.verdict.status == "failed", outcome.verdict.reason
+    assert "did not abort" in outcome.verdict.reason and "stable served none" in outcome.verdict.reason
+
+
+def test_router_without_the_backend_header_is_refused_with_the_contract(registered: str,
+                                                                        backends: tuple[Any, Any]) -> None:
+    from mlchaos_steps.errors import SpecError
+    from systems import Router
+
+    router = Router(backends[0].url, backends[1].url, no_header=True)
+    try:
+        with pytest.raises(SpecError, match="x-mlchaos-backend.*contract in the README"):
+            run_stage(_third_party(registered, router), "tp-no-header")
+    finally:
+        router.stop()

@@ -97,15 +97,20 @@ class HttpSampler:
         self.url, self.interval_s, self.timeout_s, self.expect_status = url, interval_s, timeout_s, expect_status
         self.body = body
         self.samples: list[Sample] = []
+        self._inflight: dict[str, float] = {}  # thread name -> wall-clock start of its unanswered request
         self._stop = threading.Event()
         # Several clients, so one slow request (a hanging backend) does not stop the others sampling.
         self._threads = [threading.Thread(target=self._run, name=f"mlchaos-http-probe-{i}", daemon=True)
                          for i in range(clients)]
 
     def _run(self) -> None:
+        name = threading.current_thread().name
         while not self._stop.is_set():
             started = time.perf_counter()
-            self.samples.append(sample_once(self.url, self.timeout_s, self.expect_status, self.body))
+            self._inflight[name] = time.time()
+            sample = sample_once(self.url, self.timeout_s, self.expect_status, self.body)
+            self.samples.append(sample)
+            self._inflight.pop(name, None)
             self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - started)))
 
     def start(self) -> HttpSampler:
@@ -114,9 +119,15 @@ class HttpSampler:
         return self
 
     def stop(self) -> list[Sample]:
+        """Stop sampling and wait for requests in flight; one still unanswered counts as a failure."""
         self._stop.set()
         for thread in self._threads:
             thread.join(timeout=self.timeout_s + 1)
+        now = time.time()
+        for thread in self._threads:
+            started = self._inflight.get(thread.name)
+            if thread.is_alive() and started is not None:
+                self.samples.append(Sample(started, False, (now - started) * 1000, "in-flight"))
         return sorted(self.samples, key=lambda s: s.at)
 
     def __enter__(self) -> HttpSampler:

@@ -37,6 +37,10 @@ from mlchaos_steps.stages.base import StageSpec, StrictModel, version_or_alias
 from mlchaos_steps.stages.pod_delete import ProcessSelector
 
 POLL_S = 0.05
+BACKEND_HEADER = "x-mlchaos-backend"
+CONTRACT = ("a router must meet the contract in the README (GET /mlchaos/state with phase, canary_weight and "
+            "aborted_at; POST/DELETE /mlchaos/fault; an x-mlchaos-backend header of stable or canary on every "
+            "answer it routes)")
 
 
 class RouterRef(StrictModel):
@@ -98,8 +102,15 @@ class CanaryFailure(StageSpec):
         except OSError as exc:
             raise InfrastructureError(f"the canary router at {self.router.url} is unreachable: {exc}") from exc
         if status != 200:
-            raise InfrastructureError(f"the canary router answered {status} on /mlchaos/state")
-        return json.loads(body)  # type: ignore[no-any-return]
+            raise InfrastructureError(f"the canary router answered {status} on /mlchaos/state: {CONTRACT}")
+        try:
+            state = json.loads(body)
+        except ValueError:
+            state = None
+        if not isinstance(state, dict) or "phase" not in state or "canary_weight" not in state:
+            raise InfrastructureError(f"the router at {self.router.url} answered /mlchaos/state without phase and "
+                                      f"canary_weight: {CONTRACT}")
+        return state
 
     def _canary_pids(self) -> list[tuple[int, float]]:
         from mlchaos_steps.targets import local
@@ -129,9 +140,13 @@ class CanaryFailure(StageSpec):
                                       f"canary weight {router.get('canary_weight')}): start the rollout first")
         body = json.dumps(self.traffic.sample).encode()
         url = self.router.url.rstrip("/") + self.traffic.path
-        steady = summarize([sample_once(url, self.traffic.timeout_s, None, body) for _ in range(10)])
+        samples = [sample_once(url, self.traffic.timeout_s, None, body) for _ in range(10)]
+        steady = summarize(samples)
         if steady["success_ratio"] < self.stable.min_success_ratio:
             raise InfrastructureError(f"steady state not met before the fault: {steady}")
+        if any(s.ok and s.backend not in ("stable", "canary") for s in samples):
+            raise SpecError("spec.router.url", f"{self.router.url} answered without an {BACKEND_HEADER} header of "
+                                               f"stable or canary, so its traffic cannot be judged: {CONTRACT}")
         ctx.save(model_version={"name": ref.name, "version": ref.version},
                  champion_before=alias_version(ref.name, self.champion_alias),
                  canary_pids=self._canary_pids() if self.fault == "crash" else [], steady_before=steady)
@@ -147,16 +162,28 @@ class CanaryFailure(StageSpec):
             self._apply(ctx)
             observation = self._watch(injected_at)
         finally:
-            samples = sampler.stop()
-        during = [s for s in samples if s.at >= injected_at]
-        observation.update(
-            traffic=summarize(during),
-            stable_traffic=summarize([s for s in during if s.backend == "stable"]),
-            canary_traffic=summarize([s for s in during if s.backend == "canary"]),
-            unrouted_failures=sum(1 for s in during if not s.backend and not s.ok),
-        )
+            samples = sampler.stop()  # waits for requests in flight; unanswered ones count as failures
+        observation.update(self._judge_traffic([s for s in samples if s.at >= injected_at], observation))
         ctx.save(observation=observation)
         return {"rolled_back": observation["rolled_back"], "rollback_seconds": observation.get("rollback_seconds")}
+
+    @staticmethod
+    def _judge_traffic(during: list[Any], observation: dict[str, Any]) -> dict[str, Any]:
+        """Split the requests sent during the fault by who served them, as each answer says.
+
+        Requests that got no routed answer (time-outs, hangs, resets, requests still in flight) count
+        against stable: they are what callers of a hanging stable see. After the abort, every request
+        must be served by stable."""
+        aborted_at = observation.get("aborted_at") if observation["rolled_back"] else None
+        after = [s for s in during if aborted_at is not None and s.at >= aborted_at]
+        return {
+            "traffic": summarize(during),
+            "stable_traffic": summarize([s for s in during if s.backend == "stable" or (not s.backend and not s.ok)]),
+            "canary_traffic": summarize([s for s in during if s.backend == "canary"]),
+            "requests_after_abort": len(after),
+            "canary_after_abort": sum(1 for s in after if s.backend == "canary"),
+            "unlabelled_answers": sum(1 for s in during if s.ok and s.backend not in ("stable", "canary")),
+        }
 
     def _apply(self, ctx: PhaseContext) -> None:
         if self.fault == "crash":
@@ -179,22 +206,36 @@ class CanaryFailure(StageSpec):
 
     def _watch(self, injected_at: float) -> dict[str, Any]:
         deadline = injected_at + self.rollback_within_s
+        # After the abort the window stays open as long as the slowest request the SLO allows, so a
+        # stable that hangs under the full load shows up.
+        settle_s = max(0.5, (self.stable.max_p99_ms or self.traffic.timeout_s * 1000) / 1000)
         while True:
             check_kill_switch()
             state = self._state()
             if state.get("phase") == "Aborted" and state.get("canary_weight") == 0:
-                time.sleep(0.5)  # traffic after the abort shows whether stable carries it all
-                settle = time.time() + 10
-                while (state.get("candidate") or {}).get("version") and not (
-                        state.get("rejected_tagged") or state.get("reject_error")) and time.time() < settle:
-                    time.sleep(POLL_S)  # the mechanism is still tagging the candidate rejected
-                    state = self._state()
-                return {"rolled_back": True, "injected_at": injected_at, "aborted_at": state["aborted_at"],
-                        "rollback_seconds": round(state["aborted_at"] - injected_at, 3),
+                aborted_at = state.get("aborted_at")
+                if not isinstance(aborted_at, int | float):
+                    raise InfrastructureError(f"the router says Aborted but gives no aborted_at time: {CONTRACT}")
+                if aborted_at < injected_at:
+                    return {"rolled_back": False, "stale_abort": True, "injected_at": injected_at,
+                            "aborted_at": aborted_at, "router": state}
+                time.sleep(settle_s)
+                state = self._settled(state)
+                return {"rolled_back": True, "injected_at": injected_at, "aborted_at": aborted_at,
+                        "rollback_seconds": round(aborted_at - injected_at, 3),
                         "abort_reason": state.get("abort_reason"), "router": state}
             if time.time() > deadline:
                 return {"rolled_back": False, "injected_at": injected_at, "router": state}
             time.sleep(POLL_S)
+
+    def _settled(self, state: dict[str, Any]) -> dict[str, Any]:
+        """The reference router tags the candidate rejected right after its abort: wait for that."""
+        settle = time.time() + 10
+        while (state.get("candidate") or {}).get("version") and not (
+                state.get("rejected_tagged") or state.get("reject_error")) and time.time() < settle:
+            time.sleep(POLL_S)
+            state = self._state()
+        return state
 
     def verify(self, ctx: PhaseContext) -> Verdict:
         from mlchaos_steps.verification import alias_unchanged
@@ -211,27 +252,43 @@ class CanaryFailure(StageSpec):
             metrics["availability"] = round(stable["success_ratio"], 4)
         alias = alias_unchanged(self.model, self.champion_alias, state["champion_before"])
         evidence = {"observation": obs, "alias": alias.as_dict()}
-        problems = []
-        if not obs["rolled_back"]:
-            problems.append(f"the rollout did not abort within rollback_within_s={self.rollback_within_s:g}s "
-                            f"(router phase {obs['router'].get('phase')}, canary weight "
-                            f"{obs['router'].get('canary_weight')})")
-        if stable["requests"] == 0:
-            return Verdict.inconclusive("no request reached stable during the fault", metrics=metrics,
-                                        evidence=evidence)
-        if stable["success_ratio"] < self.stable.min_success_ratio:
-            problems.append(f"stable served {stable['success_ratio']:.3f} of its requests, below "
-                            f"{self.stable.min_success_ratio:g}")
-        if self.stable.max_p99_ms and stable["p99_ms"] and stable["p99_ms"] > self.stable.max_p99_ms:
-            problems.append(f"stable p99 {stable['p99_ms']:.0f} ms is above {self.stable.max_p99_ms:g} ms")
+        if obs["traffic"]["requests"] == 0:
+            return Verdict.inconclusive("no request was sent during the fault", metrics=metrics, evidence=evidence)
+        if obs.get("unlabelled_answers"):
+            return Verdict.inconclusive(f"{obs['unlabelled_answers']} answered request(s) carried no "
+                                        f"{BACKEND_HEADER} header, so who served them is unknown: {CONTRACT}",
+                                        metrics=metrics, evidence=evidence)
+        problems = self._problems(obs, stable)
         if not alias.ok:
             problems.append(f"the champion alias moved: {alias.detail}")
         if problems:
             return Verdict.failed("; ".join(problems), metrics=metrics, evidence=evidence)
         return Verdict.passed(
-            f"the rollout aborted {obs['rollback_seconds']:.2f}s after the {self.fault} fault, stable served "
+            f"the rollout aborted {obs['rollback_seconds']:.2f}s after the {self.fault} fault, no request reached "
+            f"the canary after it ({obs['requests_after_abort']} sent), stable served "
             f"{stable['success_ratio']:.3f} of {stable['requests']} requests, @{self.champion_alias} stayed put",
             metrics=metrics, evidence=evidence)
+
+    def _problems(self, obs: dict[str, Any], stable: dict[str, Any]) -> list[str]:
+        problems = []
+        if obs.get("stale_abort"):
+            problems.append(f"the router's abort was recorded {obs['injected_at'] - obs['aborted_at']:.2f}s before "
+                            "the fault: that is not a rollback of this canary")
+        elif not obs["rolled_back"]:
+            problems.append(f"the rollout did not abort within rollback_within_s={self.rollback_within_s:g}s "
+                            f"(router phase {obs['router'].get('phase')}, canary weight "
+                            f"{obs['router'].get('canary_weight')})")
+        if obs.get("canary_after_abort"):
+            problems.append(f"{obs['canary_after_abort']} of {obs['requests_after_abort']} request(s) sent after the "
+                            "abort were served by the canary: traffic did not go back to stable")
+        if stable["requests"] == 0:
+            problems.append(f"stable served none of the {obs['traffic']['requests']} requests sent during the fault")
+        elif stable["success_ratio"] < self.stable.min_success_ratio:
+            problems.append(f"stable served {stable['success_ratio']:.3f} of its requests (time-outs and requests "
+                            f"without an answer included: {stable['errors']}), below {self.stable.min_success_ratio:g}")
+        if self.stable.max_p99_ms and stable["p99_ms"] and stable["p99_ms"] > self.stable.max_p99_ms:
+            problems.append(f"stable p99 {stable['p99_ms']:.0f} ms is above {self.stable.max_p99_ms:g} ms")
+        return problems
 
     @classmethod
     def restore_action(cls, action: Action, ctx: PhaseContext) -> dict[str, Any]:
