@@ -160,3 +160,49 @@ class Router(_Server):
             return backend, 502, b'{"error": "backend unreachable"}'
         finally:
             conn.close()
+
+
+def start_gunicorn(tmp_path: Any, mode: str = "healthy", workers: int = 2, sidecar: bool = False,
+                   env: dict[str, str] | None = None) -> Any:
+    """gunicorn (sync workers, setproctitle installed) serving ``apps/wsgi_model_app.py``; see its doc."""
+    import os
+    import subprocess
+    import sys
+    import uuid
+    from pathlib import Path
+
+    from mlchaos_steps.engine.probes import http_request
+    from mlchaos_steps.examples.workloads import LocalService, free_port
+
+    name = f"mlchaos-test-{uuid.uuid4().hex[:8]}"
+    port = free_port()
+    apps = Path(__file__).parent / "apps"
+    argv = [str(Path(sys.executable).parent / "gunicorn"), "--bind", f"127.0.0.1:{port}", "--workers", str(workers),
+            "--name", name, "--pythonpath", str(apps), "--graceful-timeout", "1", "--log-level", "warning"]
+    if sidecar:
+        argv += ["--config", str(apps / "gunicorn_sidecar.conf.py")]
+    full_env = {**os.environ, "APP_STARTS_FILE": str(tmp_path / f"{name}.starts"), "APP_WORKERS": str(workers),
+                "APP_REPLACEMENT_MODE": mode, **(env or {})}
+    process = subprocess.Popen([*argv, "wsgi_model_app:app"], env=full_env, stdout=subprocess.DEVNULL,
+                               stderr=open(tmp_path / f"{name}.log", "ab"), start_new_session=True)  # noqa: SIM115
+    service = LocalService(port, process)
+    service.name = name  # type: ignore[attr-defined]
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        try:
+            if http_request(service.url + "/ping", 1.0)[0] == 200 and _children(process.pid) >= workers + sidecar:
+                return service
+        except OSError:
+            pass
+        time.sleep(0.1)
+    service.stop()
+    raise RuntimeError("gunicorn did not come up")
+
+
+def _children(pid: int) -> int:
+    import psutil
+
+    try:
+        return len(psutil.Process(pid).children())
+    except psutil.Error:
+        return 0

@@ -21,7 +21,7 @@ def test_respawning_server_passes(healthy_server: ExampleServer) -> None:
     killed = observation["killed"]
     assert len(killed) == 1 and killed[0] in before
     assert not psutil.pid_exists(killed[0]) or psutil.Process(killed[0]).status() == psutil.STATUS_ZOMBIE
-    assert observation["readiness"] == "event-loop"
+    assert observation["readiness"] == "answered"
     assert outcome.verdict.metrics["availability"] >= 0.95
     after = replica_pids(healthy_server)
     assert len(after) == 2 and killed[0] not in after
@@ -31,7 +31,7 @@ def test_respawning_server_passes(healthy_server: ExampleServer) -> None:
 def test_server_that_does_not_respawn_fails(fragile_server: ExampleServer) -> None:
     outcome = run_stage(parse_stage(pod_doc(fragile_server)), "pod-fragile")
     assert outcome.verdict.status == "failed", outcome.verdict
-    assert "only 1 of 2 replicas were back" in outcome.verdict.reason
+    assert "only 1 of 2 replicas answered a request" in outcome.verdict.reason
     assert len(replica_pids(fragile_server)) == 1
     # Nothing respawned the worker: restore says so and keeps the run open for the operator.
     assert not outcome.restored

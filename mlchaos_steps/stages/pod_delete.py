@@ -1,10 +1,12 @@
 """``pod-delete``: kill some replicas of a workload, then check they came back and the service held.
 
-This issue ships the local backend: replicas are live processes (see :mod:`mlchaos_steps.targets.local`).
-The fault window is observed during ``inject``, right after the kill, because that evidence exists
-only while the fault is happening: the HTTP probe is sampled continuously and the replica set is
-polled every 10 ms until every replica is back and ready, or ``recovery_slo_s`` runs out. ``verify``
-judges that record and checks the steady state once more.
+Local backend: replicas are live processes (see :mod:`mlchaos_steps.targets.local`). The fault window
+is observed during ``inject``, right after the kill, because that evidence exists only while the fault
+is happening: the HTTP probe is sampled continuously, and each replacement is probed with requests the
+kernel attributes to it until it has answered one. Recovery is the instant the last replacement
+answered; the replica set must then stay whole for ``stable_s`` (a crash-looping replacement fails),
+with the service available on enough samples. ``verify`` judges that record and checks the steady
+state once more.
 
 Example::
 
@@ -24,6 +26,7 @@ import random
 import signal as signals
 import time
 from typing import Any, ClassVar, Literal
+from urllib.parse import urlsplit
 
 import psutil
 from pydantic import Field, field_validator, model_validator
@@ -38,7 +41,8 @@ from mlchaos_steps.targets import local
 
 POLL_S = 0.01
 ROOT_REFRESH_S = 0.25
-STEADY_SAMPLES = 5
+STEADY_SAMPLES = 20
+MIN_STABLE_SAMPLES = 20  # probe samples needed in the stability window to judge availability after recovery
 
 
 class ProcessSelector(StrictModel):
@@ -113,6 +117,8 @@ class PodDelete(StageSpec):
     signal: Literal["SIGKILL", "SIGTERM"] = "SIGKILL"
     grace_s: float = Field(default=10, ge=0, description="with SIGTERM: wait this long, then SIGKILL")
     recovery_slo_s: float = Field(default=30, gt=0, le=3600)
+    stable_s: float = Field(default=5, ge=0, le=600,
+                            description="after recovery, the replica set must stay whole this long")
     probe: Probe | None = None
 
     @model_validator(mode="after")
@@ -138,12 +144,13 @@ class PodDelete(StageSpec):
         return f"{self.signal} {how_many} replica(s) of {self.selector.cmdline or self.selector.env}"
 
     # -- phases -----------------------------------------------------------------------------------
-    def _resolve(self) -> tuple[list[psutil.Process], list[local.Replica], int]:
+    def _resolve(self) -> tuple[list[psutil.Process], dict[str, Any], int]:
         roots = local.find_roots(self.selector.cmdline, self.selector.env)
         if not roots:
             raise SpecError("spec.target.local.selector", "matches no running process: start the workload, or fix "
-                                                          "cmdline/env so they match it")
-        replicas = local.replicas_of([r.pid for r in roots])
+                                                          "cmdline/env so they match it" + self._env_hint())
+        workload = self._workload([r.pid for r in roots])
+        replicas = workload["replicas"]
         if self.count is not None:
             n = self.count
         else:
@@ -154,18 +161,52 @@ class PodDelete(StageSpec):
         if n > self.max_count:
             raise SpecError("spec.percent", f"{self.percent:g}% of {len(replicas)} replicas is {n}, above max_count "
                                             f"{self.max_count}: lower percent or raise max_count")
-        return roots, replicas, n
+        return roots, workload, n
+
+    def _env_hint(self) -> str:
+        if not self.selector.env:
+            return ""
+        blind = local.env_blind_processes(self.selector.cmdline)
+        if not blind:
+            return ""
+        return (f". {len(blind)} process(es) here have an empty environment (setproctitle overwrites "
+                f"/proc/PID/environ, as gunicorn, celery and uwsgi do): env selectors cannot see them; select "
+                f"them by cmdline instead, e.g. cmdline: 'gunicorn: master'")
+
+    def _port(self) -> int | None:
+        if not self.probe:
+            return None
+        parts = urlsplit(self.probe.http.url)
+        return parts.port or (443 if parts.scheme == "https" else 80)
+
+    def _workload(self, root_pids: list[int]) -> dict[str, Any]:
+        """The replicas (workers holding the probe's listening socket) and the other children (sidecars)."""
+        children = local.replicas_of(root_pids)
+        port = self._port()
+        serving = local.holders([c.pid for c in children], local.listening_inodes_for_port(port)) if port else set()
+        if serving:
+            return {"replicas": [c for c in children if c.pid in serving],
+                    "sidecars": [c for c in children if c.pid not in serving], "port": port, "readiness": "answered"}
+        # Nothing here listens on the probe's port (a remote probe, or no probe): replacements count
+        # when they are alive, and the probe judges the service as a whole.
+        return {"replicas": children, "sidecars": [], "port": None, "readiness": "alive"}
+
+    def _serving_now(self, roots: list[int], port: int | None) -> list[local.Replica]:
+        children = local.replicas_of(roots)
+        if port is None:
+            return children
+        serving = local.holders([c.pid for c in children], local.listening_inodes_for_port(port))
+        return [c for c in children if c.pid in serving]
 
     def plan(self, ctx: PhaseContext) -> dict[str, Any]:
-        roots, replicas, n = self._resolve()
-        return {"roots": [r.pid for r in roots], "replicas": local.describe(replicas), "would_kill": n,
-                "signal": self.signal}
+        roots, workload, n = self._resolve()
+        return {"roots": [r.pid for r in roots], "replicas": local.describe(workload["replicas"]),
+                "sidecars": local.describe(workload["sidecars"]), "would_kill": n, "signal": self.signal,
+                "readiness": workload["readiness"]}
 
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
-        roots, replicas, n = self._resolve()
-        listening = local.listening_inodes()
-        levels = [local.readiness(r.pid, listening) for r in replicas]
-        required = min(levels, key=lambda level: local.READINESS_ORDER[level])
+        roots, workload, n = self._resolve()
+        replicas = workload["replicas"]
         steady = None
         if self.probe:
             samples = [sample_once(self.probe.http.url, self.probe.http.timeout_s, self.probe.http.expect_status)
@@ -179,13 +220,15 @@ class PodDelete(StageSpec):
         ctx.save(
             root_pids=[r.pid for r in roots],
             replicas=[[r.pid, r.create_time] for r in replicas],
+            sidecars=[[r.pid, r.create_time] for r in workload["sidecars"]],
             victims=[[r.pid, r.create_time] for r in victims],
             expected_replicas=len(replicas),
-            readiness=required,
+            readiness=workload["readiness"],
+            port=workload["port"],
             steady_before=steady,
         )
-        return {"replicas": len(replicas), "victims": [v.pid for v in victims], "readiness": required,
-                "steady_state": steady}
+        return {"replicas": len(replicas), "sidecars": [r.pid for r in workload["sidecars"]],
+                "victims": [v.pid for v in victims], "readiness": workload["readiness"], "steady_state": steady}
 
     def inject(self, ctx: PhaseContext) -> dict[str, Any]:
         state = ctx.state
@@ -198,8 +241,11 @@ class PodDelete(StageSpec):
             observation = self._observe(state, killed_at)
         finally:
             samples = sampler.stop() if sampler else []
-        during = [s for s in samples if s.at >= killed_at - 0.001 and s.at <= observation["observed_until"]]
+        recovered_at = observation.get("recovered_at") or observation["observed_until"]
+        during = [s for s in samples if killed_at - 0.001 <= s.at <= recovered_at]
+        after = [s for s in samples if recovered_at < s.at <= observation["observed_until"]]
         observation["probe"] = summarize(during) if sampler else None
+        observation["probe_after_recovery"] = summarize(after) if sampler else None
         observation["killed"] = killed
         ctx.save(observation=observation)
         return {"killed": killed, "recovered": observation["recovered"],
@@ -208,7 +254,7 @@ class PodDelete(StageSpec):
     def _kill(self, ctx: PhaseContext, state: dict[str, Any]) -> tuple[float, list[int]]:
         sig = getattr(signals, self.signal)
         undo = {"selector": self.selector.model_dump(), "expected_replicas": state["expected_replicas"],
-                "readiness": state["readiness"], "recovery_slo_s": self.recovery_slo_s}
+                "port": state.get("port"), "recovery_slo_s": self.recovery_slo_s}
         killed, procs = [], []
         killed_at = time.time()
         for pid, created in state["victims"]:
@@ -232,41 +278,23 @@ class PodDelete(StageSpec):
         return killed_at, killed
 
     def _observe(self, state: dict[str, Any], killed_at: float) -> dict[str, Any]:
-        """Poll the replica set until every replica is back and ready, or the SLO runs out."""
-        victims = {tuple(v) for v in state["victims"]}
-        originals = {tuple(r) for r in state["replicas"]}
-        expected, required = state["expected_replicas"], state["readiness"]
-        roots = list(state["root_pids"])
+        """Watch the replica set until every replica is back and has answered, then for ``stable_s`` more."""
+        watch = _RecoveryWatch(self, state, killed_at)
         deadline = killed_at + self.recovery_slo_s
-        last_refresh = 0.0
-        ready_seen: set[tuple[int, float]] = set()
-        first_replacement_at = None
         while True:
             check_kill_switch()
             now = time.time()
-            if now - last_refresh > ROOT_REFRESH_S and not all(psutil.pid_exists(p) for p in roots):
-                roots = [r.pid for r in local.find_roots(self.selector.cmdline, self.selector.env)]
-                last_refresh = now
-            current = [r for r in local.replicas_of(roots) if r.key() not in victims]
-            fresh = [r for r in current if r.key() not in originals]
-            if fresh and first_replacement_at is None:
-                first_replacement_at = now
-            listening = local.listening_inodes() if required != "alive" else set()
-            for r in fresh:
-                if r.key() not in ready_seen and local.is_ready(r.pid, required, listening):
-                    ready_seen.add(r.key())
-            ready = [r for r in current if r.key() in originals or r.key() in ready_seen]
-            victims_gone = not any(_same(pid, created) for pid, created in victims)
-            if victims_gone and len(ready) >= expected:
-                return {"recovered": True, "killed_at": killed_at, "recovered_at": now,
-                        "recovery_seconds": round(now - killed_at, 4), "observed_until": now,
-                        "replacement_started_seconds": round(first_replacement_at - killed_at, 4)
-                        if first_replacement_at else None,
-                        "replicas_ready": len(ready), "expected_replicas": expected, "readiness": required}
-            if now > deadline:
-                return {"recovered": False, "killed_at": killed_at, "observed_until": now,
-                        "replicas_ready": len(ready), "expected_replicas": expected, "readiness": required}
-            time.sleep(POLL_S)
+            whole = watch.poll(now)
+            if whole and watch.recovered_at is None:
+                watch.recovered_at = max(watch.ready_times(), default=now)
+            elif not whole and watch.recovered_at is not None:
+                watch.interrupted(now)  # a replica left after recovery: a crash loop, the window starts over
+            if watch.recovered_at is not None and now - watch.recovered_at >= self.stable_s:
+                return watch.record(True, now)
+            if watch.recovered_at is None and now > deadline:
+                return watch.record(False, now)
+            if not watch.probed:
+                time.sleep(POLL_S)
 
     def verify(self, ctx: PhaseContext) -> Verdict:
         state = ctx.state
@@ -282,23 +310,59 @@ class PodDelete(StageSpec):
             metrics["availability"] = round(probe["success_ratio"], 4)
             if probe["p99_ms"] is not None:
                 metrics["p99_ms"] = probe["p99_ms"]
-        problems = []
-        if not obs["recovered"]:
-            problems.append(f"only {obs['replicas_ready']} of {obs['expected_replicas']} replicas were back and "
-                            f"ready within recovery_slo_s={self.recovery_slo_s:g}s")
+        problems = self._recovery_problems(obs)
         if self.probe and probe:
-            p = self.probe.http
             if probe["requests"] == 0:
                 return Verdict.inconclusive("the probe took no sample during the fault", metrics=metrics,
                                             evidence=evidence)
-            if probe["success_ratio"] < p.min_success_ratio:
-                problems.append(f"availability {probe['success_ratio']:.3f} during the fault is below "
-                                f"min_success_ratio {p.min_success_ratio:g} ({probe['errors']})")
-            if p.max_p99_ms is not None and probe["p99_ms"] is not None and probe["p99_ms"] > p.max_p99_ms:
-                problems.append(f"p99 latency {probe['p99_ms']:.1f} ms during the fault is above {p.max_p99_ms:g} ms")
-        # steady state after: the replica set and the service, now
+            problems += self._availability_problems(probe, obs.get("probe_after_recovery"), obs["recovered"])
+        problems += self._steady_after_problems(state, evidence)
+        if problems:
+            return Verdict.failed("; ".join(problems), metrics=metrics, evidence=evidence)
+        availability = f", availability {metrics['availability']:.3f}" if "availability" in metrics else ""
+        how = "answered a request" if obs["readiness"] == "answered" else "alive"
+        return Verdict.passed(
+            f"{len(obs['killed'])} replica(s) killed, all {obs['expected_replicas']} back ({how}) in "
+            f"{obs['recovery_seconds']:.3f}s and whole for {self.stable_s:g}s after{availability}",
+            metrics=metrics, evidence=evidence)
+
+    def _recovery_problems(self, obs: dict[str, Any]) -> list[str]:
+        problems = []
+        if not obs["recovered"]:
+            how = "answered a request" if obs["readiness"] == "answered" else "were running"
+            problems.append(f"only {obs['replicas_ready']} of {obs['expected_replicas']} replicas {how} within "
+                            f"recovery_slo_s={self.recovery_slo_s:g}s")
+            if obs.get("unanswered"):
+                problems.append(f"replacement(s) {obs['unanswered']} never answered a request (hung while starting, "
+                                "or answering errors)")
+        if obs.get("interruptions"):
+            problems.append(f"the replica set did not stay whole after recovery: {obs['interruptions']} time(s) a "
+                            f"replica left within stable_s={self.stable_s:g}s (a crash loop)")
+        return problems
+
+    def _availability_problems(self, probe: dict[str, Any], after: dict[str, Any] | None, recovered: bool
+                               ) -> list[str]:
+        assert self.probe is not None
+        p = self.probe.http
+        problems = []
+        if probe["success_ratio"] < p.min_success_ratio:
+            problems.append(f"availability {probe['success_ratio']:.3f} during the fault is below "
+                            f"min_success_ratio {p.min_success_ratio:g} ({probe['errors']})")
+        if p.max_p99_ms is not None and probe["p99_ms"] is not None and probe["p99_ms"] > p.max_p99_ms:
+            problems.append(f"p99 latency {probe['p99_ms']:.1f} ms during the fault is above {p.max_p99_ms:g} ms")
+        if recovered and after is not None:
+            if after["requests"] < MIN_STABLE_SAMPLES:
+                problems.append(f"only {after['requests']} probe samples after recovery (need {MIN_STABLE_SAMPLES}): "
+                                "raise stable_s or lower probe.http.interval_ms")
+            elif after["success_ratio"] < p.min_success_ratio:
+                problems.append(f"availability {after['success_ratio']:.3f} after recovery is below "
+                                f"{p.min_success_ratio:g} ({after['errors']})")
+        return problems
+
+    def _steady_after_problems(self, state: dict[str, Any], evidence: dict[str, Any]) -> list[str]:
+        problems = []
         roots = [r.pid for r in local.find_roots(self.selector.cmdline, self.selector.env)]
-        now_replicas = len(local.replicas_of(roots))
+        now_replicas = len(self._serving_now(roots, state.get("port")))
         evidence["replicas_now"] = now_replicas
         if now_replicas < state["expected_replicas"]:
             problems.append(f"{now_replicas} of {state['expected_replicas']} replicas are running now")
@@ -308,13 +372,7 @@ class PodDelete(StageSpec):
             evidence["steady_after"] = after
             if after["success_ratio"] < self.probe.http.min_success_ratio:
                 problems.append(f"the service answers {after['successes']}/{after['requests']} probes now")
-        if problems:
-            return Verdict.failed("; ".join(problems), metrics=metrics, evidence=evidence)
-        availability = f", availability {metrics['availability']:.3f}" if "availability" in metrics else ""
-        return Verdict.passed(
-            f"{len(obs['killed'])} replica(s) killed, all {obs['expected_replicas']} back and ready "
-            f"({obs['readiness']}) in {obs['recovery_seconds']:.3f}s{availability}",
-            metrics=metrics, evidence=evidence)
+        return problems
 
     @classmethod
     def restore_action(cls, action: Action, ctx: PhaseContext) -> dict[str, Any]:
@@ -324,7 +382,11 @@ class PodDelete(StageSpec):
         deadline = undo["killed_at"] + undo["recovery_slo_s"]
         while True:
             roots = [r.pid for r in local.find_roots(selector.get("cmdline"), selector.get("env") or {})]
-            running = len(local.replicas_of(roots))
+            children = local.replicas_of(roots)
+            if undo.get("port"):
+                serving = local.holders([c.pid for c in children], local.listening_inodes_for_port(undo["port"]))
+                children = [c for c in children if c.pid in serving]
+            running = len(children)
             if running >= undo["expected_replicas"]:
                 return {"replicas": running}
             if time.time() > deadline:
@@ -333,6 +395,82 @@ class PodDelete(StageSpec):
                     "killed one(s): the workload has no supervisor that respawns them; restart it, then run "
                     "restore again")
             time.sleep(0.1)
+
+
+class _RecoveryWatch:
+    """The replica set after the kill: which replacements exist, which have answered, and when."""
+
+    def __init__(self, stage: PodDelete, state: dict[str, Any], killed_at: float):
+        self.stage, self.killed_at = stage, killed_at
+        self.victims = {tuple(v) for v in state["victims"]}
+        self.serving_originals = {tuple(r) for r in state["replicas"]}
+        self.originals = self.serving_originals | {tuple(r) for r in state.get("sidecars", [])}
+        self.expected, self.readiness, self.port = state["expected_replicas"], state["readiness"], state.get("port")
+        self.roots = list(state["root_pids"])
+        self.last_refresh = 0.0
+        self.ready: dict[tuple[int, float], float] = {}  # replacement -> when it first answered (or was seen)
+        self.first_replacement_at: float | None = None
+        self.recovered_at: float | None = None
+        self.interruptions, self.attempts = 0, 0
+        self.current: list[local.Replica] = []
+        self.probed = False
+        self.ready_now = 0
+
+    def poll(self, now: float) -> bool:
+        """Refresh the replica set, probe one replacement that has not answered yet; True when whole."""
+        if now - self.last_refresh > ROOT_REFRESH_S and not all(psutil.pid_exists(p) for p in self.roots):
+            self.roots = [r.pid for r in local.find_roots(self.stage.selector.cmdline, self.stage.selector.env)]
+            self.last_refresh = now
+        self.current = [r for r in local.replicas_of(self.roots) if r.key() not in self.victims]
+        fresh = [r for r in self.current if r.key() not in self.originals]
+        if fresh and self.first_replacement_at is None:
+            self.first_replacement_at = now
+        self.probed = False
+        waiting = [r for r in fresh if r.key() not in self.ready]
+        if waiting and self.readiness == "alive":
+            for r in waiting:
+                self.ready[r.key()] = now
+        elif waiting and self.stage.probe is not None:
+            self._probe([r.pid for r in self.current])
+        live = {r.key() for r in self.current}
+        ready = len(self.serving_originals & live) + sum(1 for k in self.ready if k in live)
+        self.ready_now = ready
+        victims_gone = not any(_same(pid, created) for pid, created in self.victims)
+        return victims_gone and ready >= self.expected
+
+    def _probe(self, candidates: list[int]) -> None:
+        assert self.stage.probe is not None
+        p = self.stage.probe.http
+        self.attempts += 1
+        self.probed = True
+        answer = local.attributed_request(p.url, candidates, p.timeout_s, p.expect_status)
+        if answer.ok and answer.pid is not None:
+            for r in self.current:
+                if r.pid == answer.pid and r.key() not in self.originals and r.key() not in self.ready:
+                    self.ready[r.key()] = time.time()
+
+    def ready_times(self) -> list[float]:
+        live = {r.key() for r in self.current}
+        return [t for k, t in self.ready.items() if k in live]
+
+    def interrupted(self, now: float) -> None:
+        self.interruptions += 1
+        self.recovered_at = None
+
+    def record(self, recovered: bool, now: float) -> dict[str, Any]:
+        live = {r.key() for r in self.current}
+        unanswered = [k[0] for k in live if k not in self.originals and k not in self.ready]
+        out: dict[str, Any] = {
+            "recovered": recovered, "killed_at": self.killed_at, "observed_until": now,
+            "replicas_ready": self.ready_now, "expected_replicas": self.expected, "readiness": self.readiness,
+            "interruptions": self.interruptions, "attributed_probes": self.attempts, "unanswered": unanswered,
+            "replacement_started_seconds": round(self.first_replacement_at - self.killed_at, 4)
+            if self.first_replacement_at else None,
+        }
+        if recovered and self.recovered_at is not None:
+            out.update(recovered_at=self.recovered_at,
+                       recovery_seconds=round(self.recovered_at - self.killed_at, 4))
+        return out
 
 
 def _same(pid: int, created: float) -> bool:

@@ -5,17 +5,28 @@ environment variables. The matched processes that have no matched ancestor are t
 A root's replicas are its worker descendants (uvicorn, gunicorn and ``mlflow models serve`` run a
 supervisor that respawns killed workers); a root without children is a replica itself.
 
-Readiness of a replica, strongest first, chosen by what the original replicas showed:
-``event-loop``: its epoll set watches a listening socket, i.e. it accepts requests (asyncio servers);
-``listening``: it holds a listening socket; ``alive``: it runs.
+When the stage has an HTTP probe on a port the workload listens on, its replicas are the worker
+descendants that hold that listening socket; other children (log shippers, metrics sidecars) are not
+replicas. A replacement is ready when it has *answered* a request: the probe connects, waits until the
+kernel shows which process accepted the connection (the server end of the socket appears in that
+process's fd table), then sends the request. Holding the socket proves nothing: every child of a
+pre-fork server inherits it at fork, also one that then hangs loading its model.
+
+Env selectors read ``/proc/<pid>/environ``. Processes that set their title with setproctitle (gunicorn,
+celery, uwsgi...) overwrite that memory: their environment reads empty, and only cmdline selectors
+(matching the new title, e.g. ``gunicorn: master``) can find them.
 """
 
 from __future__ import annotations
 
+import http.client
 import os
 import re
+import socket
+import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import psutil
 
@@ -169,3 +180,123 @@ def is_ready(pid: int, required: str, listening: set[int] | None = None) -> bool
 
 def describe(replicas: list[Replica]) -> list[dict[str, Any]]:
     return [{"pid": r.pid, "root_pid": r.root_pid, "cmdline": r.cmdline[:200]} for r in replicas]
+
+
+def _tcp_tables() -> list[str]:
+    lines: list[str] = []
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            with open(table) as handle:
+                lines += handle.read().splitlines()[1:]
+        except OSError:
+            continue
+    return lines
+
+
+def _port(address: str) -> int:
+    return int(address.rsplit(":", 1)[1], 16)
+
+
+def listening_inodes_for_port(port: int) -> set[int]:
+    """Inodes of the sockets listening on ``port`` (several with SO_REUSEPORT)."""
+    found = set()
+    for line in _tcp_tables():
+        cols = line.split()
+        if len(cols) >= 10 and cols[3] == "0A" and _port(cols[1]) == port:
+            found.add(int(cols[9]))
+    return found
+
+
+def socket_inodes(pid: int) -> set[int]:
+    """Inodes of every socket the process holds."""
+    found = set()
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        fds = os.listdir(fd_dir)
+    except OSError:
+        return found
+    for fd in fds:
+        try:
+            link = os.readlink(f"{fd_dir}/{fd}")
+        except OSError:
+            continue
+        if link.startswith("socket:["):
+            found.add(int(link[8:-1]))
+    return found
+
+
+def holders(pids: list[int], inodes: set[int]) -> set[int]:
+    """Which of ``pids`` hold one of ``inodes``."""
+    return {pid for pid in pids if socket_inodes(pid) & inodes}
+
+
+def _server_end(server_port: int, client_port: int) -> int:
+    """Inode of the accepted (server) end of our connection; 0 while it waits in the accept queue."""
+    for line in _tcp_tables():
+        cols = line.split()
+        if len(cols) >= 10 and cols[3] == "01" and _port(cols[1]) == server_port and _port(cols[2]) == client_port:
+            return int(cols[9])
+    return 0
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One request whose answering process is known from the kernel, not from the answer."""
+
+    pid: int | None  # the process that accepted the connection; None when it was not seen
+    ok: bool
+    detail: str
+    at: float
+
+
+def attributed_request(url: str, candidates: list[int], timeout_s: float, expect_status: int | None = None
+                       ) -> Answer:
+    """Connect, find which of ``candidates`` accepted the connection, then send the request and read the
+    answer. The server end of the connection shows up in the acceptor's fd table at ``accept()``,
+    before any byte of the request is sent."""
+    parts = urlsplit(url)
+    started = time.time()
+    deadline = time.monotonic() + timeout_s
+    try:
+        sock = socket.create_connection((parts.hostname or "127.0.0.1", parts.port or 80), timeout=timeout_s)
+    except OSError as exc:
+        return Answer(None, False, type(exc).__name__, started)
+    pid = None
+    try:
+        client_port = sock.getsockname()[1]
+        while pid is None and time.monotonic() < deadline:
+            inode = _server_end(parts.port or 80, client_port)
+            if inode:
+                pid = next((p for p in candidates if inode in socket_inodes(p)), None)
+                if pid is None:
+                    break  # accepted by a process that is not a candidate
+            else:
+                time.sleep(0.002)
+        conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
+        conn.sock = sock
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        conn.request("GET", path, headers={"Connection": "close"})
+        response = conn.getresponse()
+        response.read()
+        ok = response.status == expect_status if expect_status else 200 <= response.status < 400
+        return Answer(pid, ok, str(response.status), started)
+    except (OSError, http.client.HTTPException) as exc:
+        return Answer(pid, False, type(exc).__name__, started)
+    finally:
+        sock.close()
+
+
+def env_blind_processes(cmdline: str | None) -> list[int]:
+    """Processes (matching ``cmdline`` when given) whose environment reads empty: setproctitle wiped it."""
+    pattern = re.compile(cmdline) if cmdline else None
+    blind = []
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            argv = _cmdline(proc)
+            if not argv or (pattern is not None and not pattern.search(argv)):
+                continue
+            if not proc.environ():
+                blind.append(proc.pid)
+        except psutil.Error:
+            continue
+    return blind
