@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 STOP_FILE_NAME = "STOP"
@@ -29,10 +30,38 @@ def kill_switch_reason() -> str | None:
     return None
 
 
-def allowed_paths() -> list[Path]:
-    """Optional allowlist of roots for checkpoint stores: ``MLCHAOS_ALLOWED_PATHS`` (os.pathsep-separated)."""
-    raw = os.environ.get("MLCHAOS_ALLOWED_PATHS", "")
-    return [Path(p).expanduser().resolve() for p in raw.split(os.pathsep) if p.strip()]
+@dataclass(frozen=True)
+class Allowlist:
+    """Where checkpoint stores may be: local folders (real paths) and URL prefixes (``s3://bucket/x``)."""
+
+    paths: tuple[Path, ...]
+    urls: tuple[str, ...]
+
+
+def allowed_paths() -> Allowlist | None:
+    """The allowlist ``MLCHAOS_ALLOWED_PATHS`` (os.pathsep-separated; URL prefixes may be listed too, e.g.
+    ``s3://bucket/checkpoints``, separated by commas), or None when it is not set. Set but empty (``""``,
+    ``:``, blanks) allows nothing: an allowlist that was meant to restrict never turns into no restriction."""
+    raw = os.environ.get("MLCHAOS_ALLOWED_PATHS")
+    if raw is None:
+        return None
+    entries = [e.strip() for part in raw.split(",") for e in _split_paths(part) if e.strip()]
+    urls = tuple(e.rstrip("/") for e in entries if "://" in e and not e.startswith("file://"))
+    paths = tuple(Path(e.removeprefix("file://")).expanduser().resolve() for e in entries
+                  if "://" not in e or e.startswith("file://"))
+    return Allowlist(paths, urls)
+
+
+def _split_paths(value: str) -> list[str]:
+    # "s3://b/x" holds ':' too: split on os.pathsep only where it does not start "://".
+    parts, current = [], ""
+    for i, char in enumerate(value):
+        if char == os.pathsep and not value.startswith("//", i + 1):
+            parts.append(current)
+            current = ""
+        else:
+            current += char
+    return [*parts, current]
 
 
 def configure_airflow_home(home: Path, dags_folder: Path | None = None) -> None:

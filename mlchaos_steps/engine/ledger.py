@@ -124,6 +124,7 @@ class Ledger(Protocol):
     def create(self, run_key: str, kind: str, stage_id: str, spec: dict[str, Any]) -> Execution: ...
     def claim(self, run_key: str) -> None: ...
     def release_owner(self, run_key: str) -> None: ...
+    def discard(self, run_key: str) -> None: ...
     def update(self, run_key: str, *, status: str | None = None, verdict: str | None = None,
                verdict_detail: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
                phase: tuple[str, dict[str, Any]] | None = None) -> Execution: ...
@@ -223,6 +224,12 @@ class SqliteLedger:
                 "UPDATE executions SET owner_pid = ?, owner_started = ?, updated_at = ? WHERE run_key = ?",
                 (pid, started, time.time(), run_key),
             )
+
+    def discard(self, run_key: str) -> None:
+        """Forget an execution that never touched anything (its snapshot refused bad input)."""
+        with self._transaction() as db:
+            db.execute("DELETE FROM executions WHERE run_key = ? AND NOT EXISTS "
+                       "(SELECT 1 FROM actions WHERE actions.run_key = executions.run_key)", (run_key,))
 
     def release_owner(self, run_key: str) -> None:
         with self._transaction() as db:

@@ -101,6 +101,12 @@ class MlflowLedger:
         self._write(self._required(run_key).info.run_id, {
             f"{P}owner_pid": str(pid), f"{P}owner_started": str(started), f"{P}owner_host": socket.gethostname()})
 
+    def discard(self, run_key: str) -> None:
+        """Forget an execution that never touched anything (its snapshot refused bad input)."""
+        run = self._run(run_key)
+        if run is not None and not self.actions(run_key):
+            self.client.delete_run(run.info.run_id)
+
     def release_owner(self, run_key: str) -> None:
         self._write(self._required(run_key).info.run_id,
                     {f"{P}owner_pid": "", f"{P}owner_started": "", f"{P}owner_host": ""})

@@ -169,8 +169,11 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None 
             _mark_pending(stage, ctx, model, version)
     except BaseException as exc:
         # Snapshot changes nothing in the world: close the execution so the target is free again.
-        _record(ledger, run_key, "snapshot", started, "failed", error=_describe(exc), status=RESTORED)
         ledger.release_leases(run_key)
+        if isinstance(exc, SpecError) and existing is None and not ledger.actions(run_key):
+            ledger.discard(run_key)  # bad input is refused without a trace in the ledger
+            raise
+        _record(ledger, run_key, "snapshot", started, "failed", error=_describe(exc), status=RESTORED)
         _journal(ledger.get(run_key), ledger)  # type: ignore[arg-type]
         raise
     execution = _record(ledger, run_key, "snapshot", started, "ok", output, status=SNAPSHOTTED)
@@ -467,6 +470,10 @@ def _run_all(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, 
         interrupted = exc
         verdict = Verdict.inconclusive(f"interrupted ({type(exc).__name__}): the stage did not finish")
     finally:
+        # The final verdict reaches the ledger before restore, which tells the model version about it.
+        current = ledger.get(run_key)
+        if verdict is not None and current and current.verdict != verdict.status:
+            ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
         try:
             results.append(PhaseResult("restore", run_key, "ok", restore_run(run_key, ledger=ledger)))
         except MlchaosError as exc:
@@ -475,8 +482,6 @@ def _run_all(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, 
             ledger.release_owner(run_key)
     assert verdict is not None
     execution = ledger.get(run_key)
-    if execution and execution.verdict != verdict.status:
-        execution = ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
     journal = _journal(execution, ledger) if execution else None
     if interrupted is not None:
         raise interrupted

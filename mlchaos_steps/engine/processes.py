@@ -36,11 +36,14 @@ def same_process(pid: int, created: float | None) -> bool:
 
 
 def stop_process_group(pgid: int, grace_s: float = TERM_GRACE_S) -> bool:
-    """SIGTERM the whole group, SIGKILL what is left after ``grace_s``; True when something was signalled."""
+    """SIGTERM the whole group, SIGKILL what is left after ``grace_s`` (at once when 0); True when
+    something was signalled."""
     try:
-        os.killpg(pgid, signal.SIGTERM)
+        os.killpg(pgid, signal.SIGKILL if grace_s <= 0 else signal.SIGTERM)
     except (ProcessLookupError, PermissionError):
         return False
+    if grace_s <= 0:
+        return True
     deadline = time.monotonic() + grace_s
     while time.monotonic() < deadline:
         if not _group_alive(pgid):
@@ -107,6 +110,7 @@ def run_command(argv: list[str], *, env: dict[str, str] | None = None, cwd: str 
     for reader in readers:
         reader.start()
     timed_out = False
+    aborted = True  # until the loop ends normally: the kill switch, or our own SIGTERM, stopped us
     try:
         if on_start is not None:
             on_start(proc.pid)
@@ -121,10 +125,12 @@ def run_command(argv: list[str], *, env: dict[str, str] | None = None, cwd: str 
                 proc.wait(timeout=POLL_S)
             except subprocess.TimeoutExpired:
                 pass
+        aborted = False
     finally:
         # Whatever happened (exit, time-out, kill switch, SIGTERM of our own process), nothing of the
         # command's group may keep running: it would write into what restore is about to put back.
-        leftovers = stop_process_group(proc.pid)
+        # When the stage is being stopped, not even a SIGTERM handler of the command gets to write.
+        leftovers = stop_process_group(proc.pid, grace_s=0 if aborted else TERM_GRACE_S)
         try:
             proc.wait(timeout=2)
         except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent; the kernel reaps it

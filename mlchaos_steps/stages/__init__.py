@@ -29,6 +29,8 @@ STAGE_KINDS: dict[str, str] = {
     "CanaryFailure": "mlchaos_steps.stages.canary_failure:CanaryFailure",
 }
 
+API_VERSIONS = ("mlchaos.io/v1alpha1",)
+
 __all__ = ["STAGE_KINDS", "StageSpec", "load_stages", "parse_stage", "stage_class", "stage_schema"]
 
 
@@ -69,6 +71,9 @@ def parse_stage(document: Any, source: str = "") -> StageSpec:
     extra = set(document) - {"kind", "spec", "apiVersion"}
     if extra:
         raise SpecError(f"{where}{sorted(extra)[0]}", "unknown top-level field: a stage has only 'kind' and 'spec'")
+    if "apiVersion" in document and document["apiVersion"] not in API_VERSIONS:
+        raise SpecError(f"{where}apiVersion", f"{document['apiVersion']!r} is not a version of the stage format: "
+                                              f"write {API_VERSIONS[0]!r} or leave it out")
     if "kind" not in document:
         raise SpecError(f"{where}kind", f"is required: one of {', '.join(sorted(STAGE_KINDS))}")
     cls = stage_class(str(document["kind"]))
@@ -106,7 +111,7 @@ def stage_schema() -> dict[str, Any]:
             "required": ["kind", "spec"],
             "additionalProperties": False,
             "properties": {
-                "apiVersion": {"type": "string"},
+                "apiVersion": {"enum": list(API_VERSIONS)},
                 "kind": {"const": kind},
                 "spec": {"$ref": f"#/$defs/{kind}"},
             },

@@ -119,6 +119,7 @@ class CanaryFailure(StageSpec):
         roots = local.find_roots(self.canary.selector.cmdline, self.canary.selector.env)
         if not roots:
             raise SpecError("spec.canary.selector", "matches no running process: fix it to match the canary")
+        local.check_one_workload(roots, "spec.canary.selector")
         return [(r.pid, r.create_time()) for r in roots]
 
     # -- phases -----------------------------------------------------------------------------------

@@ -26,6 +26,7 @@ import json
 import os
 import posixpath
 import re
+import shutil
 import time
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
@@ -51,6 +52,18 @@ def _argument_list(value: Any) -> Any:
             "must be an argument list such as [python, train.py, --resume], not a shell string: "
             "split it into its arguments"
         )
+    if isinstance(value, list) and any(isinstance(a, str) and "\0" in a for a in value):
+        raise ValueError("an argument holds a NUL byte, which no program can receive: remove it")
+    return value
+
+
+def _environment(value: Any) -> Any:
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+                raise ValueError(f"{name!r} is not an environment variable name (no '=', no NUL, not empty)")
+            if isinstance(item, str) and "\0" in item:
+                raise ValueError(f"the value of {name} holds a NUL byte: remove it")
     return value
 
 
@@ -64,6 +77,20 @@ class ResumeSpec(StrictModel):
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the command")
 
     _command = field_validator("command", mode="before")(_argument_list)
+    _env = field_validator("env", mode="before")(_environment)
+
+    def check_runnable(self, field: str = "spec.resume") -> None:
+        """Before anything breaks: the working folder exists and the program can be found."""
+        if self.cwd is not None and not os.path.isdir(self.cwd):
+            raise SpecError(f"{field}.cwd", f"{self.cwd!r} is not a folder on this machine: fix it or leave it out")
+        program = self.command[0]
+        search_path = self.env.get("PATH", os.environ.get("PATH", ""))
+        base = self.cwd or os.getcwd()
+        found = (os.access(os.path.join(base, program), os.X_OK) if os.sep in program
+                 else shutil.which(program, path=search_path) is not None)
+        if not found:
+            raise SpecError(f"{field}.command", f"{program!r} is not an executable program here: give its path or "
+                                                "install it")
 
 
 class IntegrityCheck(StrictModel):
@@ -166,6 +193,10 @@ class CheckpointWipe(StageSpec):
         }
 
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
+        self.resume.check_runnable()
+        if self.integrity is not None:
+            ResumeSpec(command=self.integrity.command, max_lost_steps=0, cwd=self.resume.cwd,
+                       env=self.resume.env).check_runnable("spec.integrity")
         store, found, victims = self._resolve()
         survivors = found[: len(found) - len(victims)]
         backups = []

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 import signal as signals
 import time
 from typing import Any, ClassVar, Literal
@@ -45,8 +46,17 @@ STEADY_SAMPLES = 20
 MIN_STABLE_SAMPLES = 20  # probe samples needed in the stability window to judge availability after recovery
 
 
+# Variables every process on a machine has: a selector on them matches unrelated processes.
+GENERIC_ENV = re.compile(r"^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|LC_\w+|PWD|OLDPWD|TERM|HOSTNAME|SHLVL|_|"
+                         r"TMPDIR|TZ|MAIL|DISPLAY|PYTHONPATH|PYTHONHOME|VIRTUAL_ENV|LD_LIBRARY_PATH|XDG_\w+|SSH_\w+)$")
+# Command lines of unrelated processes: a cmdline regex matching all of them selects everything.
+UNRELATED_CMDLINES = ("x", "/sbin/init", "bash", "sshd: root@pts/0", "/usr/bin/python3 -m http.server 8000",
+                      "sleep 60", "[kworker/0:1]")
+
+
 class ProcessSelector(StrictModel):
-    """Which processes make up the workload. At least one criterion is required."""
+    """Which processes make up the workload. At least one criterion is required, and it must single
+    the workload out: a regex that matches anything, or an env variable every process has, is refused."""
 
     cmdline: str | None = Field(default=None, description="regex searched in the process's joined argv")
     env: dict[str, str] = Field(default_factory=dict, description="environment variables the process must have")
@@ -58,12 +68,22 @@ class ProcessSelector(StrictModel):
             return value
         if not value.strip():
             raise ValueError("is empty: give a regex that matches only your workload's command line")
-        import re
-
         try:
-            re.compile(value)
+            compiled = re.compile(value)
         except re.error as exc:
             raise ValueError(f"is not a valid regular expression: {exc}") from None
+        if compiled.search("") is not None or all(compiled.search(c) for c in UNRELATED_CMDLINES):
+            raise ValueError(f"{value!r} matches any command line: give a regex that matches only your workload's "
+                             "(e.g. 'uvicorn .*serve:app')")
+        return value
+
+    @field_validator("env")
+    @classmethod
+    def _specific_env(cls, value: dict[str, str]) -> dict[str, str]:
+        for name in value:
+            if GENERIC_ENV.match(name):
+                raise ValueError(f"{name} is set in unrelated processes too: select on a variable that names your "
+                                 "workload (e.g. MLCHAOS_APP=model-serving), or on cmdline")
         return value
 
     @model_validator(mode="after")
@@ -149,6 +169,7 @@ class PodDelete(StageSpec):
         if not roots:
             raise SpecError("spec.target.local.selector", "matches no running process: start the workload, or fix "
                                                           "cmdline/env so they match it" + self._env_hint())
+        local.check_one_workload(roots, "spec.target.local.selector")
         workload = self._workload([r.pid for r in roots])
         replicas = workload["replicas"]
         if self.count is not None:
@@ -200,7 +221,7 @@ class PodDelete(StageSpec):
 
     def plan(self, ctx: PhaseContext) -> dict[str, Any]:
         roots, workload, n = self._resolve()
-        return {"roots": [r.pid for r in roots], "replicas": local.describe(workload["replicas"]),
+        return {"roots": local.describe_processes(roots), "replicas": local.describe(workload["replicas"]),
                 "sidecars": local.describe(workload["sidecars"]), "would_kill": n, "signal": self.signal,
                 "readiness": workload["readiness"]}
 

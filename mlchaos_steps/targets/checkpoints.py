@@ -19,9 +19,18 @@ from mlchaos_steps.errors import InfrastructureError, RestoreError, SafetyError,
 from mlchaos_steps.targets.files import CHUNK, clone_or_copy, file_digest, hasher, hexdigest
 
 QUARANTINE_DIR = ".mlchaos-quarantine"
-# Roots that are never a checkpoint store, even when someone points at them.
+# Folders that are never a checkpoint store, even when someone points at them.
 FORBIDDEN_ROOTS = {"/", "/bin", "/boot", "/dev", "/etc", "/lib", "/lib64", "/proc", "/root", "/run", "/sbin",
                    "/sys", "/usr", "/var", "/home", "/tmp"}
+# System folders: nothing under them is a checkpoint store either.
+SYSTEM_TREES = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/libx32", "/proc", "/run", "/sbin",
+                "/sys", "/usr", "/snap", "/var/lib/dpkg", "/var/lib/apt", "/var/log", "/var/cache", "/var/spool",
+                "/var/mail", "/var/backups", "/var/run", "/var/lock")
+
+
+def _refused_local_path(path: str) -> bool:
+    path = posixpath.normpath("/" + path.lstrip("/"))
+    return path in FORBIDDEN_ROOTS or any(path == t or path.startswith(t + "/") for t in SYSTEM_TREES)
 
 
 @dataclass(frozen=True)
@@ -35,12 +44,18 @@ class Checkpoint:
 
 
 def check_store_url(url: str, field: str = "spec.store") -> None:
-    """Static checks, done when the spec is built: no '..', not a root."""
+    """Static checks, done when the spec is built: one file system, no '..', not a system folder."""
+    if "::" in url:
+        raise SafetyError(field, f"{url!r} chains file systems (simplecache::, filecache::...): a cache layer "
+                                 "hides where the stage really writes; give the store's own URL")
     protocol, _, path = url.partition("://") if "://" in url else ("file", "", url)
+    if "\0" in url:
+        raise SafetyError(field, "contains a NUL byte: give the store's real path")
     if ".." in path.replace("\\", "/").split("/"):
         raise SafetyError(field, f"{url!r} contains '..': give the store's real path, without '..'")
-    if protocol in ("file", "local") and posixpath.normpath("/" + path.lstrip("/")) in FORBIDDEN_ROOTS:
-        raise SafetyError(field, f"{url!r} is not allowed: point it at the folder that holds your checkpoints")
+    if protocol in ("file", "local") and _refused_local_path(path):
+        raise SafetyError(field, f"{url!r} is a system folder (or under one), which is not allowed: point it at "
+                                 "the folder that holds your checkpoints")
     if not path.strip("/"):
         raise SafetyError(field, f"{url!r} is not allowed: point it at the folder that holds your checkpoints")
 
@@ -72,16 +87,19 @@ class CheckpointStore:
         self.url = url
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/") or "/"
+        allowed = config.allowed_paths()
         if self.local:
             real = os.path.realpath(self.root)
-            if real in FORBIDDEN_ROOTS or real == str(Path.home()):
+            if _refused_local_path(real) or real == str(Path.home()):
                 raise SafetyError("spec.store", f"{url!r} resolves to {real}, which is not allowed: "
                                                 "point it at the folder that holds your checkpoints")
-            allowed = config.allowed_paths()
-            if allowed and not any(Path(real).is_relative_to(a) for a in allowed):
+            if allowed is not None and not any(Path(real).is_relative_to(a) for a in allowed.paths):
                 raise SafetyError("spec.store", f"{real} is outside MLCHAOS_ALLOWED_PATHS: add it there or "
                                                 "choose a store inside the allowed paths")
             self.real_root = real
+        elif allowed is not None and not any(url.rstrip("/") == p or url.startswith(p + "/") for p in allowed.urls):
+            raise SafetyError("spec.store", f"{url} is outside MLCHAOS_ALLOWED_PATHS: add its URL prefix there "
+                                            "(e.g. s3://bucket/checkpoints) or choose a store inside it")
         if not self.fs.isdir(self.root):
             raise SpecError("spec.store", f"{url!r} is not a folder: point it at the folder that holds your "
                                           "checkpoints")
@@ -101,6 +119,9 @@ class CheckpointStore:
                 continue
             path = self.join(name)
             self.check_confined(path)
+            if not match.group(1) or not match.group(1).isdigit():
+                raise SpecError("spec.pattern", f"group 1 of {pattern!r} captured {match.group(1)!r} in {name!r}: it "
+                                                "must capture the step number's digits, e.g. 'step-(\\d+)'")
             found.append(Checkpoint(name, int(match.group(1)), path, info["type"] == "directory"))
         return sorted(found, key=lambda c: (c.step, c.name))
 

@@ -273,6 +273,10 @@ def attributed_request(url: str, candidates: list[int], timeout_s: float, expect
             else:
                 time.sleep(0.002)
         conn = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
+        if parts.scheme == "https":  # the handshake comes after accept(): attribution is already done
+            import ssl
+
+            sock = ssl.create_default_context().wrap_socket(sock, server_hostname=parts.hostname)
         conn.sock = sock
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         conn.request("GET", path, headers={"Connection": "close"})
@@ -300,3 +304,33 @@ def env_blind_processes(cmdline: str | None) -> list[int]:
         except psutil.Error:
             continue
     return blind
+
+
+def describe_processes(procs: list[psutil.Process]) -> list[dict[str, Any]]:
+    out = []
+    for proc in procs:
+        try:
+            out.append({"pid": proc.pid, "ppid": proc.ppid(), "cmdline": _cmdline(proc)[:200]})
+        except psutil.Error:
+            continue
+    return out
+
+
+def check_one_workload(roots: list[psutil.Process], field: str) -> None:
+    """Refuse a selector whose matches span unrelated process trees: the roots of one workload share
+    their parent (one supervisor, one launcher) and their executable."""
+    if len(roots) < 2:
+        return
+    identities = set()
+    for root in roots:
+        try:
+            identities.add((root.ppid(), root.exe()))
+        except psutil.Error:
+            identities.add((root.pid, ""))
+    if len(identities) > 1:
+        shown = "; ".join(f"{p['pid']} (parent {p['ppid']}): {p['cmdline'][:80]}"
+                          for p in describe_processes(roots)[:5])
+        from mlchaos_steps.errors import SafetyError
+
+        raise SafetyError(field, f"matches {len(roots)} unrelated process trees ({shown}{'; ...' if len(roots) > 5 else ''})"
+                                 ": a stage breaks one workload; narrow cmdline/env until only yours matches")
