@@ -16,6 +16,7 @@ from typing import Any
 
 from mlchaos_steps import __version__
 from mlchaos_steps.errors import MlchaosError, SpecError
+from mlchaos_steps.redaction import RedactingFilter, redact, redact_text
 
 log = logging.getLogger("mlchaos")
 
@@ -71,7 +72,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _print(data: Any) -> None:
-    print(json.dumps(data, indent=2, default=str))
+    print(json.dumps(redact(data), indent=2, default=str))
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -129,7 +130,7 @@ def _table(results: list[dict[str, Any]]) -> None:
             result = r.get("verdict") or f"{r['phase']}: {r['status']}"
             detail = r.get("reason") or json.dumps(r["output"], default=str)
         style = {"passed": "green", "failed": "red", "inconclusive": "yellow"}.get(result, "")
-        table.add_row(r["stage"], r["run_key"], f"[{style}]{result}[/]" if style else result, detail)
+        table.add_row(r["stage"], r["run_key"], f"[{style}]{result}[/]" if style else result, redact_text(detail))
     Console(soft_wrap=False).print(table)
 
 
@@ -165,7 +166,8 @@ def _cmd_gate(args: argparse.Namespace) -> int:
         colour = "green" if decision.promoted else "red"
         from rich.console import Console
 
-        Console().print(f"[{colour}]{result['decision']}[/] {decision.model} v{decision.version}: {decision.reason}")
+        Console().print(f"[{colour}]{result['decision']}[/] {decision.model} v{decision.version}: "
+                        f"{redact_text(decision.reason)}")
     return decision.exit_code
 
 
@@ -222,16 +224,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_sigterm)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for handler in logging.getLogger().handlers:  # every log line, ours and the libraries', is redacted
+        handler.addFilter(RedactingFilter())
     handler = {"run": _cmd_run, "restore": _cmd_restore, "gate": _cmd_gate, "ledger": _cmd_ledger,
                "schema": _cmd_schema, "demo": _cmd_demo}[args.command]
     try:
         return handler(args)
     except MlchaosError as exc:
-        print(f"mlchaos: error: {exc}", file=sys.stderr)
+        print(redact_text(f"mlchaos: error: {exc}"), file=sys.stderr)
         return exc.exit_code
     except Exception as exc:  # an unexpected failure is an infrastructure error, never a pass
         log.debug("unexpected error", exc_info=True)
-        print(f"mlchaos: unexpected error: {type(exc).__name__}: {exc}", file=sys.stderr)
+        print(redact_text(f"mlchaos: unexpected error: {type(exc).__name__}: {exc}"), file=sys.stderr)
         return 3
     except KeyboardInterrupt as exc:
         what = "terminated (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"

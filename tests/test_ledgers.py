@@ -93,3 +93,48 @@ def test_registry_backup_travels_with_the_mlflow_ledger(two_versions: tuple[str,
         if phase == "inject":
             assert not model_loads(f"models:/{name}/{v2}").ok
     assert model_loads(f"models:/{name}/{v2}").ok
+
+
+def test_mlflow_lease_lets_exactly_one_of_many_pods_in(mlflow_server: str, store: Path, tmp_path: Path) -> None:
+    """Eight 'pods' (own MLCHAOS_HOME each, so no shared file lock) snapshot the same store at once."""
+    import subprocess
+
+    from conftest import BIN
+
+    stage_file = write_stage(tmp_path / "wipe.yaml", wipe_doc(store))
+    procs = [subprocess.Popen([str(BIN / "mlchaos"), "run", str(stage_file), "--phase", "snapshot", "--run-key",
+                               f"pod-{i}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                              env={**os.environ, "MLCHAOS_LEDGER": "mlflow", "MLCHAOS_HOME": str(tmp_path / f"h{i}")})
+             for i in range(8)]
+    codes = [p.wait(timeout=300) for p in procs]
+    assert sorted(codes) == [0] + [3] * 7, [(c, p.stderr.read()[-300:]) for c, p in zip(codes, procs)]  # type: ignore[union-attr]
+    winner = f"pod-{codes.index(0)}"
+    env = {"MLCHAOS_LEDGER": "mlflow", "MLCHAOS_HOME": str(tmp_path / "h-restore")}
+    from mlchaos_steps.engine.mlflow_ledger import MlflowLedger
+
+    assert winner in MlflowLedger().leases().values()
+    assert mlchaos("restore", "--run-key", winner, env=env).returncode == 0
+    assert winner not in MlflowLedger().leases().values()
+
+
+def test_mlflow_lease_expires(mlflow_server: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+    import uuid
+
+    from mlchaos_steps.engine.mlflow_ledger import MlflowLedger
+
+    ledger = MlflowLedger()
+    target, first, second = f"t-{uuid.uuid4().hex[:6]}", f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"
+    for key in (first, second):
+        ledger.create(key, "CheckpointWipe", "checkpoint-wipe", {})
+    monkeypatch.setenv("MLCHAOS_LEASE_TTL_S", "1")
+    ledger.acquire_lease(target, first)
+    with pytest.raises(TargetBusy):
+        ledger.acquire_lease(target, second)
+    time.sleep(1.2)  # the holder crashed and never released: its lease runs out
+    ledger.acquire_lease(target, second)
+    assert ledger.leases()[target] == second
+    ledger.release_leases(first)  # a late release of the expired holder does not free someone else's lease
+    assert ledger.leases()[target] == second
+    ledger.release_leases(second)
+    assert target not in ledger.leases()

@@ -13,6 +13,8 @@ from typing import Any
 from airflow.sdk import BaseOperator, BaseOperatorLink
 from airflow.sdk.exceptions import AirflowFailException
 
+from mlchaos_steps.redaction import redact_text
+
 PHASES = ("snapshot", "inject", "verify", "restore")
 
 
@@ -78,12 +80,12 @@ class ChaosPhaseOperator(BaseOperator):
             try:
                 return restore_run(key)
             except MlchaosError as exc:
-                raise AirflowFailException(str(exc)) from exc
+                raise AirflowFailException(redact_text(str(exc))) from exc
         stage = parse_stage(self.stage_document)
         try:
             result = run_phase(stage, self.phase, key, model=self.model or None, version=self.version or None)  # type: ignore[arg-type]
         except MlchaosError as exc:
-            raise AirflowFailException(f"{self.phase} of {stage.stage_id}: {exc}") from exc
+            raise AirflowFailException(redact_text(f"{self.phase} of {stage.stage_id}: {exc}")) from exc
         if self.phase != "verify":
             return {"status": result.status, "run_key": key}
         verdict = result.verdict

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from mlchaos_steps import config
-from mlchaos_steps.engine.journal import redact
+from mlchaos_steps.redaction import redact
 from mlchaos_steps.engine.ledger import APPLIED, Action, Execution, Ledger
 from mlchaos_steps.errors import KillSwitchEngaged
 

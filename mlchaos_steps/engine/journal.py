@@ -9,33 +9,17 @@ names look secret are redacted before anything is written.
 from __future__ import annotations
 
 import json
-import re
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mlchaos_steps.engine.ledger import Execution
+from mlchaos_steps.redaction import redact
 
-SECRET_NAME = re.compile(r"(secret|token|passw|credential|api[_-]?key|private|auth)", re.IGNORECASE)
-REDACTED = "***"
+__all__ = ["build_journal", "experiment_for", "redact", "write_journal"]
 
 # chaostoolkit's journal statuses
 STATUS_BY_VERDICT = {"passed": "completed", "failed": "failed", "inconclusive": "aborted"}
-
-
-def redact(value: Any) -> Any:
-    """Replace the values of secret-looking keys (tokens, passwords, keys) anywhere in a structure."""
-    if isinstance(value, dict):
-        return {
-            k: (REDACTED if isinstance(k, str) and SECRET_NAME.search(k) and v not in (None, "") else redact(v))
-            for k, v in value.items()
-        }
-    if isinstance(value, list):
-        return [redact(v) for v in value]
-    if isinstance(value, str):
-        # "--token=abc" or "password=abc" inside an argument list
-        return re.sub(r"((?:secret|token|passw\w*|api[_-]?key)=)\S+", r"\1" + REDACTED, value, flags=re.IGNORECASE)
-    return value
 
 
 def _iso(ts: float | None) -> str | None:

@@ -22,6 +22,7 @@ import psutil
 
 from mlchaos_steps import config
 from mlchaos_steps.errors import InfrastructureError, TargetBusy
+from mlchaos_steps.redaction import redact
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS executions (
@@ -211,7 +212,7 @@ class SqliteLedger:
                 db.execute(
                     "INSERT INTO executions (run_key, kind, stage_id, spec_json, status, owner_pid,"
                     " owner_started, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (run_key, kind, stage_id, json.dumps(spec), CREATED, pid, started, now, now),
+                    (run_key, kind, stage_id, json.dumps(redact(spec)), CREATED, pid, started, now, now),
                 )
                 row = db.execute("SELECT * FROM executions WHERE run_key = ?", (run_key,)).fetchone()
         return _execution(row)
@@ -255,9 +256,10 @@ class SqliteLedger:
                 raise InfrastructureError(f"run key {run_key!r} is not in the ledger {self.path}")
             current = _execution(row)
             if state:
-                current.state.update(state)
+                current.state.update(redact(state))
             if phase:
-                current.phases[phase[0]] = phase[1]
+                current.phases[phase[0]] = redact(phase[1])
+            verdict_detail = redact(verdict_detail)
             db.execute(
                 "UPDATE executions SET status = COALESCE(?, status), verdict = COALESCE(?, verdict),"
                 " verdict_json = COALESCE(?, verdict_json), state_json = ?, phases_json = ?,"
@@ -302,7 +304,7 @@ class SqliteLedger:
         with self._transaction() as db:
             db.execute(
                 "UPDATE actions SET state = ?, error = ?, undo_json = ?, updated_at = ? WHERE id = ?",
-                (state, error, json.dumps(action.undo), time.time(), action.id),
+                (state, redact(error), json.dumps(action.undo), time.time(), action.id),
             )
 
     def actions(self, run_key: str) -> list[Action]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import socket
 import time
 from pathlib import Path
@@ -17,15 +18,18 @@ from typing import Any
 
 from mlchaos_steps.engine.ledger import CREATED, PLANNED, RESTORED, Action, Execution, _process_identity
 from mlchaos_steps.errors import InfrastructureError, TargetBusy
+from mlchaos_steps.redaction import redact
 
 EXPERIMENT = "mlchaos-ledger"
+LEASE_TTL_S = 6 * 3600.0
+LEASE_RUN_KEY, LEASE_TARGET, LEASE_EXPIRES = "mlchaos.lease.run_key", "mlchaos.lease.target", "mlchaos.lease.expires_at"
 P = "mlchaos.ledger."
 CHUNK = 7900
 DOCS = ("spec", "state", "phases", "verdict_detail")
 
 
 def _chunks(name: str, value: Any) -> dict[str, str]:
-    text = json.dumps(value, default=str)
+    text = json.dumps(redact(value), default=str)
     parts = [text[i:i + CHUNK] for i in range(0, len(text), CHUNK)] or [""]
     out = {f"{P}{name}.{i}": part for i, part in enumerate(parts)}
     out[f"{P}{name}.n"] = str(len(parts))
@@ -157,7 +161,7 @@ class MlflowLedger:
     @staticmethod
     def _action_json(action: Action) -> str:
         text = json.dumps({"kind": action.kind, "target": action.target, "undo": action.undo, "state": action.state,
-                           "error": action.error}, default=str)
+                           "error": redact(action.error)}, default=str)
         if len(text) > 8000:
             raise InfrastructureError(f"the undo record of {action.target} is too large for an MLflow tag")
         return text
@@ -182,30 +186,80 @@ class MlflowLedger:
                                     d["state"], d.get("error")))
         return found
 
-    # -- leases -------------------------------------------------------------------------------------
+    # -- leases: one registered model per held target -------------------------------------------------
+    # MLflow has one create that fails when the name exists: registered models. A lease is the model
+    # ``mlchaos-lease-<target hash>``, created with its holder and expiry in one call, then read back.
     def acquire_lease(self, target_id: str, run_key: str) -> None:
-        key = f"{P}lease.{hashlib.sha256(target_id.encode()).hexdigest()[:24]}"
-        holders = self.client.search_runs([self.experiment_id], filter_string=f"tags.`{key}` != ''", max_results=10)
-        for holder in holders:
-            other = holder.data.tags.get(f"{P}run_key")
-            if other != run_key and holder.data.tags.get(key):
-                raise TargetBusy(f"target {target_id} is held by run {other!r}: wait for it to finish, or run "
-                                 f"`mlchaos restore --run-key {other}` if it crashed")
-        self._write(self._required(run_key).info.run_id, {key: target_id})
+        """Take the target for this run, atomically across machines; refuse while another run holds it
+        (until its lease expires: ``MLCHAOS_LEASE_TTL_S``, default 6 hours)."""
+        name = _lease_name(target_id)
+        for _ in range(3):
+            if self._create_lease(name, target_id, run_key):
+                break
+            holder = self._lease_holder(name)
+            if holder is None:
+                continue  # released meanwhile: try again
+            if holder[0] == run_key:
+                break  # re-entrant for the same run
+            if holder[1] < time.time():
+                self._delete_lease(name, holder[0])  # expired: a crashed run's; take it over
+                continue
+            raise TargetBusy(f"target {target_id} is held by run {holder[0]!r}: wait for it to finish, or run "
+                             f"`mlchaos restore --run-key {holder[0]}` if it crashed")
+        holder = self._lease_holder(name)  # read back: the lease must name us now
+        if holder is None or holder[0] != run_key:
+            raise TargetBusy(f"target {target_id} was taken by run {holder[0] if holder else '?'!r} at the same "
+                             "moment: try again later")
+        self._write(self._required(run_key).info.run_id, {f"{P}lease.{name.rsplit('-', 1)[1]}": target_id})
+
+    def _create_lease(self, name: str, target_id: str, run_key: str) -> bool:
+        from mlflow.exceptions import MlflowException
+
+        ttl = float(os.environ.get("MLCHAOS_LEASE_TTL_S", LEASE_TTL_S))
+        try:
+            self.client.create_registered_model(
+                name, tags={LEASE_RUN_KEY: run_key, LEASE_TARGET: target_id, LEASE_EXPIRES: str(time.time() + ttl)},
+                description="mlchaos lease: one chaos run at a time on this target (deleted when the run restores)")
+            return True
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_ALREADY_EXISTS":
+                return False
+            raise
+
+    def _lease_holder(self, name: str) -> tuple[str, float] | None:
+        from mlflow.exceptions import MlflowException
+
+        try:
+            tags = self.client.get_registered_model(name).tags
+        except MlflowException as exc:
+            if exc.error_code == "RESOURCE_DOES_NOT_EXIST":
+                return None
+            raise
+        return tags.get(LEASE_RUN_KEY, ""), float(tags.get(LEASE_EXPIRES) or 0)
+
+    def _delete_lease(self, name: str, holder: str) -> None:
+        from mlflow.exceptions import MlflowException
+
+        now = self._lease_holder(name)
+        if now is None or now[0] != holder:
+            return  # someone else's now
+        try:
+            self.client.delete_registered_model(name)
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_DOES_NOT_EXIST":
+                raise
 
     def release_leases(self, run_key: str) -> None:
         run = self._required(run_key)
-        tags = {k: "" for k, v in run.data.tags.items() if k.startswith(f"{P}lease.") and v}
-        if tags:
-            self._write(run.info.run_id, tags)
+        held = {k: v for k, v in run.data.tags.items() if k.startswith(f"{P}lease.") and v}
+        for target_id in held.values():
+            self._delete_lease(_lease_name(target_id), run_key)
+        if held:
+            self._write(run.info.run_id, dict.fromkeys(held, ""))
 
     def leases(self) -> dict[str, str]:
-        out = {}
-        for execution_run in self.client.search_runs([self.experiment_id], max_results=10_000):
-            for key, value in execution_run.data.tags.items():
-                if key.startswith(f"{P}lease.") and value:
-                    out[value] = execution_run.data.tags.get(f"{P}run_key", "")
-        return out
+        found = self.client.search_registered_models(filter_string="name LIKE 'mlchaos-lease-%'", max_results=1000)
+        return {m.tags.get(LEASE_TARGET, m.name): m.tags.get(LEASE_RUN_KEY, "") for m in found}
 
     # -- backups ------------------------------------------------------------------------------------
     def store_backup(self, run_key: str, folder: Path) -> None:
@@ -218,6 +272,10 @@ class MlflowLedger:
             return
         folder.mkdir(parents=True, exist_ok=True)
         self.client.download_artifacts(self._required(run_key).info.run_id, "backup", str(folder.parent))
+
+
+def _lease_name(target_id: str) -> str:
+    return f"mlchaos-lease-{hashlib.sha256(target_id.encode()).hexdigest()[:24]}"
 
 
 def _q(value: str) -> str:

@@ -224,13 +224,14 @@ def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = 
         ctx = PhaseContext(run_key, ledger, execution)
         try:
             verdict = stage.verify(ctx)
-            verdict = verdict.model_copy(update={"evidence": redact(verdict.evidence)})
         except KillSwitchEngaged as exc:
             error = str(exc)
             verdict = Verdict.inconclusive(f"verification stopped: {exc}")
         except Exception as exc:  # fail closed: an error while judging is never a pass
             error = _describe(exc)
             verdict = Verdict.inconclusive(f"verification could not finish: {exc}")
+    # Reasons quote what the system said (exceptions, URLs, output): no secret leaves in them.
+    verdict = verdict.model_copy(update={"reason": redact(verdict.reason), "evidence": redact(verdict.evidence)})
     execution = _record(
         ledger, run_key, "verify", started, "ok" if error is None else "failed",
         verdict.model_dump(mode="json"), error=error,
@@ -248,7 +249,7 @@ def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = 
         raise
     except Exception as exc:  # the verdict could not be recorded: the gate would see nothing, so fail closed
         log.error("could not record the verdict of %s in MLflow: %s", run_key, exc)
-        verdict = Verdict.inconclusive(f"the verdict ({verdict.status}) could not be recorded in MLflow: {exc}",
+        verdict = Verdict.inconclusive(redact(f"the verdict ({verdict.status}) could not be recorded in MLflow: {exc}"),
                                        metrics=verdict.metrics, evidence=verdict.evidence)
         execution = ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
         journal = _journal(execution, ledger)
@@ -460,12 +461,12 @@ def _run_all(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, 
                                      _hold_owner=True))
         verdict = results[-1].verdict
     except KillSwitchEngaged as exc:
-        verdict = Verdict.inconclusive(f"stopped: {exc}")
+        verdict = Verdict.inconclusive(redact(f"stopped: {exc}"))
     except SpecError:
         raise
     except Exception as exc:  # fail closed: anything unexpected is an infrastructure error, never a pass
         log.error("stage %s run %s: %s", stage.stage_id, run_key, _describe(exc))
-        verdict = Verdict.inconclusive(f"infrastructure error: {_describe(exc)}")
+        verdict = Verdict.inconclusive(redact(f"infrastructure error: {_describe(exc)}"))
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into an exit: restore still runs
         interrupted = exc
         verdict = Verdict.inconclusive(f"interrupted ({type(exc).__name__}): the stage did not finish")

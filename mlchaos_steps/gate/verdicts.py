@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlchaos_steps.engine.journal import redact
+from mlchaos_steps.redaction import redact
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.targets.mlflow import ModelRef, client, experiment_id
 
@@ -58,7 +58,7 @@ def verdict_detail_tags(stage_id: str, verdict: Verdict, run_id: str, run_key: s
     tags = {
         f"mlchaos.{stage_id}.run_id": run_id,
         f"mlchaos.{stage_id}.run_key": run_key,
-        f"mlchaos.{stage_id}.reason": verdict.reason[:4000],
+        f"mlchaos.{stage_id}.reason": redact(verdict.reason)[:4000],
     }
     for name, value in verdict.metrics.items():
         tags[f"mlchaos.{stage_id}.{name}"] = f"{value:g}"

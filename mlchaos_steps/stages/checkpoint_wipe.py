@@ -203,7 +203,7 @@ class CheckpointWipe(StageSpec):
         for victim in victims:
             backups.append({
                 "name": victim.name, "step": victim.step, "path": victim.path, "is_dir": victim.is_dir,
-                "signature": store.signature(victim.path),
+                "on_disk": store.signature(victim.path),
                 "digest": store.digest(victim.path), "size_bytes": store.size_bytes(victim.path),
             })
         # Steady state: what the stage breaks, and what training should resume from, are intact now.
@@ -260,14 +260,14 @@ class CheckpointWipe(StageSpec):
             undo = {"store": self.store, "original": victim["path"], "quarantine": quarantine,
                     "digest": victim["digest"], "mode": damage}
             # Time of check to time of use: the checkpoint must still be what snapshot recorded and digested.
-            store.check_unchanged(victim["path"], victim["signature"], victim["name"])
+            store.check_unchanged(victim["path"], victim["on_disk"], victim["name"])
             store.make_quarantine(run_dir)
             with ctx.destructive("quarantine-checkpoint", victim["path"], undo) as action:
                 if store.exists(quarantine):
                     raise RestoreError(f"{quarantine} already exists: restore run {ctx.run_key!r} first")
                 store.move(victim["path"], quarantine, expected_digest=victim["digest"])
                 if store.local:  # a rename keeps the inode: what moved must be what was checked
-                    store.check_unchanged(quarantine, victim["signature"], victim["name"])
+                    store.check_unchanged(quarantine, victim["on_disk"], victim["name"])
                 if damage != "delete":
                     self._place_damage(ctx, store, action, undo, quarantine, victim["path"], damage)
             wiped.append(victim["name"])

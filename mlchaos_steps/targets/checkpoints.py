@@ -49,6 +49,9 @@ def check_store_url(url: str, field: str = "spec.store") -> None:
         raise SafetyError(field, f"{url!r} chains file systems (simplecache::, filecache::...): a cache layer "
                                  "hides where the stage really writes; give the store's own URL")
     protocol, _, path = url.partition("://") if "://" in url else ("file", "", url)
+    if re.match(r"[^/@]+:[^/@]*@", path):
+        raise SafetyError(field, "holds credentials: give them to the file system through its environment or "
+                                 "fsspec configuration, never in the URL (it is written to the ledger and journals)")
     if "\0" in url:
         raise SafetyError(field, "contains a NUL byte: give the store's real path")
     if ".." in path.replace("\\", "/").split("/"):
