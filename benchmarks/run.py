@@ -194,10 +194,57 @@ def kill_switch() -> dict[str, Any]:
             proc.wait()
             latencies[case].append(time.perf_counter() - t0)
             shutil.rmtree(work, ignore_errors=True)
-    return {"what": "stop file touched during verify -> mlchaos run exited with the resume command's process "
-                    "group stopped and restore done; a resume command that stops on SIGTERM, and one that ignores it",
+    snapshot_s, inject_s = _kill_switch_during("snapshot"), _kill_switch_during("inject")
+    return {"what": "stop file touched -> mlchaos run exited with restore done: during verify (the resume "
+                    "command's process group stopped; one that stops on SIGTERM, one that ignores it) and during "
+                    "inject (writing the damaged copy of a 2 GiB checkpoint folder)",
             "seconds_cooperative": stats(latencies["cooperative"], 3),
-            "seconds_ignores_sigterm": stats(latencies["ignores_sigterm"], 3), "target_seconds_max": 1.0}
+            "seconds_ignores_sigterm": stats(latencies["ignores_sigterm"], 3),
+            "seconds_during_snapshot_2gib": stats(snapshot_s, 3), "seconds_during_inject_2gib": stats(inject_s, 3),
+            "target_seconds_max": 1.0}
+
+
+def _kill_switch_during(phase: str) -> list[float]:
+    """Stop file touched while snapshot digests, or inject damages, a 2 GiB checkpoint folder."""
+    from mlchaos_steps.engine.ledger import PLANNED, SqliteLedger
+
+    def in_progress(key: str, home: Path) -> bool:
+        if not (home / "ledger.db").exists():
+            return False
+        if phase == "snapshot":
+            execution = SqliteLedger().get(key)
+            return execution is not None and "snapshot" not in execution.phases
+        actions = SqliteLedger().actions(key)
+        return bool(actions) and actions[0].state == PLANNED and "damaged_digest" not in actions[0].undo
+
+    size = int(os.environ.get("MLCHAOS_BENCH_CHECKPOINT_BYTES", str(2 * 1024**3)))
+    work = Path(tempfile.mkdtemp(prefix=f"mlchaos-bench-ks-{phase}-", dir=os.environ.get("MLCHAOS_BENCH_DIR")))
+    seconds = []
+    try:
+        store = work / "store"
+        (store / "step-100").mkdir(parents=True)
+        (store / "step-100" / "small.bin").write_bytes(os.urandom(1024))
+        _write_big_checkpoint(store / "step-200", size)
+        stage_file = work / "wipe.json"
+        stage_file.write_text(json.dumps({"kind": "CheckpointWipe", "spec": {
+            "store": store.as_uri(), "mode": "corrupt-latest", "resume": {"command": ["true"], "max_lost_steps": 100}}}))
+        for i in range(REPEATS):
+            home = _fresh_home()
+            key = f"bench-ks-{phase}-{i}"
+            proc = subprocess.Popen([str(Path(sys.executable).parent / "mlchaos"), "run", str(stage_file),
+                                     "--run-key", key], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            while not in_progress(key, home):
+                if proc.poll() is not None:
+                    raise RuntimeError(f"{phase} finished before the stop file could be touched")
+                time.sleep(0.002)
+            time.sleep(0.05)  # digesting, or writing the damaged copy, now
+            t0 = time.perf_counter()
+            (home / "STOP").touch()
+            proc.wait()
+            seconds.append(time.perf_counter() - t0)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    return seconds
 
 
 def hostile_stage_files() -> dict[str, Any]:

@@ -155,3 +155,38 @@ def test_restore_orphaned_lists_the_runs_it_leaves_alone(store: Path) -> None:
     assert not (store / "step-500").exists()  # left alone, as it said
     result = json.loads(mlchaos("restore", "--orphaned", "--older-than", "0", "--json").stdout)
     assert [r["run_key"] for r in result["restored"]] == ["between-phases"] and result["left_open"] == []
+
+
+# -- 8.11 the kill switch stops inject while it writes a large damaged copy -------------------------
+def test_kill_switch_during_inject_stops_the_damage_writer_and_restores(tmp_path: Path, mlchaos_home: Path) -> None:
+    import os
+    import threading
+
+    from mlchaos_steps.engine import restore_run
+    from mlchaos_steps.errors import KillSwitchEngaged
+
+    store = tmp_path / "big"
+    (store / "step-1").mkdir(parents=True)
+    (store / "step-1" / "w.bin").write_bytes(os.urandom(1024))
+    (store / "step-2").mkdir()
+    with open(store / "step-2" / "w.bin", "wb") as handle:
+        for _ in range(32):
+            handle.write(os.urandom(8 * 1024 * 1024))  # 256 MiB: the damaged copy takes a while to write
+    before = tree_digests(store)
+    stage = parse_stage({"kind": "CheckpointWipe", "spec": {"store": store.as_uri(), "mode": "corrupt-latest",
+                                                            "resume": {"command": ["true"], "max_lost_steps": 1}}})
+    run_phase(stage, "snapshot", "stop-inject")
+
+    def stop_when_the_damage_is_being_written() -> None:
+        while not any(p.name.endswith(".damaged") for p in (store / ".mlchaos-quarantine").rglob("*")
+                      if (store / ".mlchaos-quarantine").exists()):
+            time.sleep(0.001)
+        (mlchaos_home / "STOP").touch()
+
+    watcher = threading.Thread(target=stop_when_the_damage_is_being_written, daemon=True)
+    watcher.start()
+    with pytest.raises(KillSwitchEngaged):
+        run_phase(stage, "inject", "stop-inject")
+    restore_run("stop-inject")
+    assert tree_digests(store) == before
+    assert not (store / ".mlchaos-quarantine").exists()

@@ -47,12 +47,24 @@ def test_env_selector_on_a_variable_every_process_has_is_refused() -> None:
 
 def test_selector_spanning_unrelated_process_trees_is_refused_and_nothing_killed(
         healthy_server: ExampleServer, tmp_path: Path) -> None:
-    before = healthy_server.replica_pids()
-    doc = pod_doc(healthy_server)
-    doc["spec"]["target"]["local"]["selector"] = {"cmdline": "python|uvicorn"}  # this workload and many others
-    message = _refused(write_stage(tmp_path / "broad.yaml", doc), "spec.target.local.selector", "--dry-run")
-    assert "unrelated process trees" in message
-    assert healthy_server.replica_pids() == before
+    import sys
+
+    # An unrelated process tree: a daemon of someone else's (its launcher exits, init adopts it).
+    marker = tmp_path / "unrelated.pid"
+    subprocess.run([sys.executable, "-c", "import subprocess, sys; p = subprocess.Popen([sys.executable, '-c', "
+                    "'import time; time.sleep(120)  # mlchaos-unrelated-uvicorn-lookalike'], start_new_session=True); "
+                    f"open({str(marker)!r}, 'w').write(str(p.pid))"], check=True)
+    unrelated = int(marker.read_text())
+    try:
+        before = healthy_server.replica_pids()
+        doc = pod_doc(healthy_server)
+        doc["spec"]["target"]["local"]["selector"] = {"cmdline": "uvicorn"}  # this workload and the look-alike
+        message = _refused(write_stage(tmp_path / "broad.yaml", doc), "spec.target.local.selector", "--dry-run")
+        assert "unrelated process trees" in message and str(unrelated) in message
+        assert healthy_server.replica_pids() == before
+        assert psutil.pid_exists(unrelated)
+    finally:
+        psutil.Process(unrelated).kill()
 
 
 def test_dry_run_shows_the_matched_processes(healthy_server: ExampleServer, tmp_path: Path) -> None:

@@ -204,7 +204,7 @@ class CheckpointWipe(StageSpec):
             backups.append({
                 "name": victim.name, "step": victim.step, "path": victim.path, "is_dir": victim.is_dir,
                 "on_disk": store.signature(victim.path),
-                "digest": store.digest(victim.path), "size_bytes": store.size_bytes(victim.path),
+                "digest": store.digest(victim.path, check_kill_switch), "size_bytes": store.size_bytes(victim.path),
             })
         # Steady state: what the stage breaks, and what training should resume from, are intact now.
         in_play = [*victims, *survivors[-1:]]
@@ -229,7 +229,7 @@ class CheckpointWipe(StageSpec):
         entry: dict[str, Any] = {"name": checkpoint.name, "step": checkpoint.step}
         try:
             size = store.size_bytes(checkpoint.path)
-            store.digest(checkpoint.path)  # every byte readable
+            store.digest(checkpoint.path, check_kill_switch)  # every byte readable
         except OSError as exc:
             return {**entry, "intact": False, "detail": f"cannot be read: {exc}"}
         if size == 0:
@@ -279,7 +279,7 @@ class CheckpointWipe(StageSpec):
         # Damage is written beside the quarantine, its digest recorded, then put in place, so restore
         # can always tell our damaged copy from anything else.
         staging = quarantine + ".damaged"
-        detail = store.write_damaged(quarantine, staging, damage)
+        detail = store.write_damaged(quarantine, staging, damage, check=check_kill_switch)
         action.undo = {**undo, **detail, "damaged_digest": store.digest(staging), "placing": True}
         ctx.ledger.mark_action(action, action.state, undo=action.undo)
         store.move(staging, original)

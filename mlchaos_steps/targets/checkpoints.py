@@ -153,18 +153,18 @@ class CheckpointStore:
         """Every file of a checkpoint (itself, for a file checkpoint), sorted."""
         return _files(self.fs, path)
 
-    def digest(self, path: str) -> str:
+    def digest(self, path: str, check: Any = None) -> str:
         """One digest over a checkpoint: its files' relative names and contents."""
-        return self.digest_with(self.fs, path)
+        return self.digest_with(self.fs, path, check)
 
     @staticmethod
-    def digest_with(fs: Any, path: str) -> str:
+    def digest_with(fs: Any, path: str, check: Any = None) -> str:
         """The checkpoint digest of ``path`` on any fsspec file system (a mirror the trainer loaded)."""
         outer = hasher()
         base = path.rstrip("/")
         for file in _files(fs, path):
             rel = posixpath.relpath(file, base) if file != base else "."
-            outer.update(f"{rel}\0{file_digest(fs, file)}\n".encode())
+            outer.update(f"{rel}\0{file_digest(fs, file, check)}\n".encode())
         return hexdigest(outer)
 
     def size_bytes(self, path: str) -> int:
@@ -244,7 +244,7 @@ class CheckpointStore:
     def remove(self, path: str) -> None:
         self.fs.rm(path, recursive=self.fs.isdir(path))
 
-    def write_damaged(self, source: str, dest: str, mode: str) -> dict[str, Any]:
+    def write_damaged(self, source: str, dest: str, mode: str, check: Any = None) -> dict[str, Any]:
         """Write a damaged copy of the checkpoint at ``source`` to ``dest``.
 
         ``truncate`` keeps the first half (at most 4 MiB) of the largest file; ``corrupt`` flips
@@ -260,9 +260,9 @@ class CheckpointStore:
             out = posixpath.join(dest, rel) if rel else dest
             self.fs.makedirs(posixpath.dirname(out), exist_ok=True)
             if file == victim:
-                self._damage(file, out, mode)
+                self._damage(file, out, mode, check)
             elif self.local:
-                clone_or_copy(file, out)
+                clone_or_copy(file, out, check)
             else:
                 self.fs.copy(file, out)
         return {"damaged_file": posixpath.relpath(victim, base) if victim != base else posixpath.basename(base)}
@@ -278,7 +278,7 @@ class CheckpointStore:
             if self.exists(scratch):
                 self.remove(scratch)
 
-    def _damage(self, src: str, dst: str, mode: str) -> None:
+    def _damage(self, src: str, dst: str, mode: str, check: Any = None) -> None:
         size = int(self.fs.size(src))
         with self.fs.open(src, "rb") as reader, self.fs.open(dst, "wb") as writer:
             if mode == "truncate":
@@ -289,6 +289,8 @@ class CheckpointStore:
             offsets = {int(size * k / 9) for k in range(1, 9)} if size else set()
             position = 0
             while chunk := reader.read(CHUNK):
+                if check is not None:
+                    check()
                 data = bytearray(chunk)
                 for off in offsets:
                     for i in range(off, off + 64):
