@@ -227,7 +227,8 @@ def _kill_switch_during(phase: str) -> list[float]:
         _write_big_checkpoint(store / "step-200", size)
         stage_file = work / "wipe.json"
         stage_file.write_text(json.dumps({"kind": "CheckpointWipe", "spec": {
-            "store": store.as_uri(), "mode": "corrupt-latest", "resume": {"command": ["true"], "max_lost_steps": 100}}}))
+            "store": store.as_uri(), "mode": "corrupt-latest",
+            "resume": {"command": ["true"], "max_lost_steps": 100}}}))
         for i in range(REPEATS):
             home = _fresh_home()
             key = f"bench-ks-{phase}-{i}"
@@ -309,7 +310,6 @@ def gate_decision() -> dict[str, Any]:
     """The promotion gate against a local `mlflow server`: one read of the version, then the decision."""
     from mlchaos_steps.examples.models import register_sklearn
     from mlchaos_steps.gate import promote
-    from mlchaos_steps.targets.mlflow import client
 
     _fresh_home()
     root = Path(tempfile.mkdtemp(prefix="mlchaos-bench-gate-"))

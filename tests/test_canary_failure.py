@@ -210,8 +210,9 @@ def test_no_abort_and_a_stable_that_served_nothing_is_failed_not_inconclusive(re
 
 def test_router_without_the_backend_header_is_refused_with_the_contract(registered: str,
                                                                         backends: tuple[Any, Any]) -> None:
-    from mlchaos_steps.errors import SpecError
     from systems import Router
+
+    from mlchaos_steps.errors import SpecError
 
     router = Router(backends[0].url, backends[1].url, no_header=True)
     try:

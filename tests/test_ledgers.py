@@ -107,7 +107,7 @@ def test_mlflow_lease_lets_exactly_one_of_many_pods_in(mlflow_server: str, store
                               env={**os.environ, "MLCHAOS_LEDGER": "mlflow", "MLCHAOS_HOME": str(tmp_path / f"h{i}")})
              for i in range(8)]
     codes = [p.wait(timeout=300) for p in procs]
-    assert sorted(codes) == [0] + [3] * 7, [(c, p.stderr.read()[-300:]) for c, p in zip(codes, procs)]  # type: ignore[union-attr]
+    assert sorted(codes) == [0] + [3] * 7, [(c, p.stderr.read()[-300:]) for c, p in zip(codes, procs, strict=True)]  # type: ignore[union-attr]
     winner = f"pod-{codes.index(0)}"
     env = {"MLCHAOS_LEDGER": "mlflow", "MLCHAOS_HOME": str(tmp_path / "h-restore")}
     from mlchaos_steps.engine.mlflow_ledger import MlflowLedger

@@ -78,7 +78,8 @@ def test_planted_secrets_leave_no_trace(two_versions: tuple[str, str, str], stor
                 "SLACK_WEBHOOK_URL": f"https://hooks.slack.com/services/{s['slack_webhook']}",
                 "SENTRY_DSN": f"https://{s['sentry_key']}@o1.ingest.sentry.io/5",
                 "AWS_ACCESS_KEY_ID": s["aws_key_id"], "AWS_SECRET_ACCESS_KEY": s["aws_secret"],
-                "SSH_PRIVATE_KEY": f"-----BEGIN RSA PRIVATE KEY-----\n{s['private_key']}\n-----END RSA PRIVATE KEY-----",
+                "SSH_PRIVATE_KEY": (f"-----BEGIN RSA PRIVATE KEY-----\n{s['private_key']}\n"
+                                    "-----END RSA PRIVATE KEY-----"),
                 "OAUTH_CLIENT_SECRET": s["client_secret"]},
     }
     stage_file = write_stage(tmp_path / "wipe.yaml", wipe_doc(store, resume=resume))

@@ -11,9 +11,9 @@ from pathlib import Path
 from typing import Any
 
 from mlchaos_steps import config
-from mlchaos_steps.redaction import redact
 from mlchaos_steps.engine.ledger import APPLIED, Action, Execution, Ledger
 from mlchaos_steps.errors import KillSwitchEngaged
+from mlchaos_steps.redaction import redact
 
 KILL_SWITCH_POLL_S = 0.1
 

@@ -19,8 +19,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlchaos_steps.redaction import redact
 from mlchaos_steps.engine.verdict import Verdict
+from mlchaos_steps.redaction import redact
 from mlchaos_steps.targets.mlflow import ModelRef, client, experiment_id
 
 EXPERIMENT = "mlchaos"

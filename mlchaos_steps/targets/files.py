@@ -69,8 +69,8 @@ FICLONE = 0x40049409  # ioctl of Linux file systems that share extents copy-on-w
 def clone_or_copy(src: str, dst: str, check: Any = None) -> str:
     """Give ``dst`` the bytes of ``src`` without sharing an inode: a reflink where the file system offers
     one (copy-on-write, so a later write to either never reaches the other), else a plain copy.
-    Returns ``reflink`` or ``copy``; ``check`` runs between chunks. Never a hard link: a trainer re-saving in place would write
-    through it into the other file."""
+    Returns ``reflink`` or ``copy``; ``check`` runs between chunks. Never a hard link: a trainer
+    re-saving in place would write through it into the other file."""
     import fcntl
 
     with open(src, "rb") as reader, open(dst, "wb") as writer:

@@ -30,6 +30,8 @@ from urllib.parse import urlsplit
 
 import psutil
 
+from mlchaos_steps.errors import SafetyError
+
 # Helper processes of a supervisor that are not replicas.
 NOT_REPLICAS = re.compile(r"multiprocessing\.resource_tracker|multiprocessing\.semaphore_tracker|forkserver")
 
@@ -330,7 +332,6 @@ def check_one_workload(roots: list[psutil.Process], field: str) -> None:
     if len(identities) > 1:
         shown = "; ".join(f"{p['pid']} (parent {p['ppid']}): {p['cmdline'][:80]}"
                           for p in describe_processes(roots)[:5])
-        from mlchaos_steps.errors import SafetyError
-
-        raise SafetyError(field, f"matches {len(roots)} unrelated process trees ({shown}{'; ...' if len(roots) > 5 else ''})"
-                                 ": a stage breaks one workload; narrow cmdline/env until only yours matches")
+        more = "; ..." if len(roots) > 5 else ""
+        raise SafetyError(field, f"matches {len(roots)} unrelated process trees ({shown}{more}): a stage breaks one "
+                                 "workload; narrow cmdline/env until only yours matches")
