@@ -43,6 +43,7 @@ from mlchaos_steps.targets import local
 POLL_S = 0.01
 ROOT_REFRESH_S = 0.25
 STEADY_SAMPLES = 20
+PROBE_BURST_S = 0.1  # attributed probing between two looks at the process table
 MIN_STABLE_SAMPLES = 20  # probe samples needed in the stability window to judge availability after recovery
 
 
@@ -464,11 +465,15 @@ class _RecoveryWatch:
         p = self.stage.probe.http
         self.attempts += 1
         self.probed = True
-        answer = local.attributed_request(p.url, candidates, p.timeout_s, p.expect_status)
-        if answer.ok and answer.pid is not None:
-            for r in self.current:
-                if r.pid == answer.pid and r.key() not in self.originals and r.key() not in self.ready:
-                    self.ready[r.key()] = time.time()
+        waiting = {r.pid: r.key() for r in self.current if r.key() not in self.originals and r.key() not in self.ready}
+        # Which worker accepts a connection is the kernel's choice: ask again and again for a moment
+        # (a few ms a round) before looking at the process table again.
+        until = time.monotonic() + PROBE_BURST_S
+        while waiting and time.monotonic() < until:
+            answers = local.attributed_requests(p.url, candidates, p.timeout_s, p.expect_status, connections=2)
+            for answer in answers:
+                if answer.ok and answer.pid in waiting:
+                    self.ready[waiting.pop(answer.pid)] = time.time()
 
     def ready_times(self) -> list[float]:
         live = {r.key() for r in self.current}
