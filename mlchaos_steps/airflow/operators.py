@@ -16,6 +16,7 @@ from airflow.sdk.exceptions import AirflowFailException
 from mlchaos_steps.redaction import redact_text
 
 PHASES = ("snapshot", "inject", "verify", "restore")
+ON_KILL_WAIT_S = 10.0  # on_kill must return: it waits this long for the run key, then leaves it to the janitor
 
 
 class MlflowRunLink(BaseOperatorLink):
@@ -106,10 +107,17 @@ class ChaosPhaseOperator(BaseOperator):
         return summary
 
     def on_kill(self) -> None:
-        if self._run_key:
-            from mlchaos_steps.engine import restore_run
+        """Restore what the run broke; never raises: a restore that cannot happen now (the run key is
+        busy, a target is down) is logged and left to ``mlchaos restore --orphaned``."""
+        if not self._run_key:
+            return
+        from mlchaos_steps.engine import restore_run
 
-            restore_run(self._run_key)
+        try:
+            restore_run(self._run_key, wait_s=ON_KILL_WAIT_S)
+        except Exception as exc:
+            self.log.error("on_kill could not restore run %s: %s; run `mlchaos restore --orphaned`",
+                           self._run_key, redact_text(str(exc)))
 
 
 class ChaosVerifyOperator(ChaosPhaseOperator):

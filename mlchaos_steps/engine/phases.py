@@ -300,10 +300,11 @@ def _report(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, ref: Any, jou
     return ctx.ledger.update(ctx.run_key, state=state)
 
 
-def restore_run(run_key: str, *, ledger: Ledger | None = None) -> dict[str, Any]:
-    """Undo everything the run broke, from the ledger alone. Idempotent; ignores the kill switch."""
+def restore_run(run_key: str, *, ledger: Ledger | None = None, wait_s: float | None = None) -> dict[str, Any]:
+    """Undo everything the run broke, from the ledger alone. Idempotent; ignores the kill switch.
+    ``wait_s``: how long to wait for the run key when another process is working on it."""
     ledger = ledger or default_ledger()
-    with run_key_lock(run_key):
+    with run_key_lock(run_key, wait_s):
         return _restore(run_key, ledger)
 
 

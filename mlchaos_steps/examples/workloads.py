@@ -103,24 +103,27 @@ def start_server(healthy: bool = True, workers: int = 2, port: int | None = None
     process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = ExampleServer(port, process, label, healthy, workers)
     deadline = time.monotonic() + 60
+    answered: set[int] = set()
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"the example server exited with {process.returncode}: {argv}")
-        try:
-            if http_request(server.url + "/ping", 1.0)[0] == 200 and _workers_up(server):
-                return server
-        except OSError:
-            pass
-        time.sleep(0.1)
+        if _every_worker_answered(server, answered):
+            return server
+        time.sleep(0.05)
     server.stop()
-    raise RuntimeError("the example server did not answer /ping within 60s")
+    raise RuntimeError("the example server's workers did not all answer /ping within 60s")
 
 
-def _workers_up(server: ExampleServer) -> bool:
+def _every_worker_answered(server: ExampleServer, answered: set[int]) -> bool:
+    """Ready means every worker answered a request (attributed by the kernel), as pod-delete judges it."""
     from mlchaos_steps.targets import local
 
     pids = server.replica_pids()
-    return len(pids) == server.workers and all(local.is_ready(pid, "event-loop") for pid in pids)
+    if len(pids) != server.workers:
+        return False
+    answered |= {a.pid for a in local.attributed_requests(server.url + "/ping", pids, 1.0, connections=2)
+                 if a.ok and a.pid is not None}
+    return set(pids) <= answered
 
 
 def train(store: Path, steps: int = 500, checkpoint_every: int = 100) -> None:
