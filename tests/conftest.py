@@ -49,12 +49,20 @@ def checkpoint_digests(store: Path) -> dict[str, str]:
     return {k: v for k, v in tree_digests(store).items() if not k.startswith(".mlchaos-quarantine")}
 
 
-@pytest.fixture
-def store(tmp_path: Path) -> Path:
-    """A checkpoint store written by the real example trainer: step-100 .. step-500."""
-    path = tmp_path / "ckpts"
+@pytest.fixture(scope="session")
+def trained_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The example trainer's checkpoints (step-100 .. step-500), trained once per session."""
+    path = tmp_path_factory.mktemp("trained") / "ckpts"
     workloads.train(path, steps=500, checkpoint_every=100)
     return path
+
+
+@pytest.fixture
+def store(trained_store: Path, tmp_path: Path) -> Path:
+    """A fresh copy of the trained checkpoint store for one test (the stage breaks and restores it)."""
+    import shutil
+
+    return Path(shutil.copytree(trained_store, tmp_path / "ckpts", symlinks=True))
 
 
 @pytest.fixture
@@ -83,7 +91,7 @@ def wipe_doc(store: Path, mode: str = "delete-latest", broken: bool = False, **s
 def pod_doc(server: workloads.ExampleServer, **spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "target": {"local": {"selector": server.selector}}, "count": 1, "signal": "SIGKILL",
-        "recovery_slo_s": 20 if server.healthy else 3,
+        "recovery_slo_s": 20 if server.healthy else 3, "stable_s": 1,
         "probe": {"http": {"url": server.url + "/ping", "min_success_ratio": 0.95}},
     }
     base.update(spec)

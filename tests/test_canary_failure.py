@@ -51,7 +51,7 @@ def _doc(d: dict[str, Any], router: workloads.CanaryRouter, fault: str, **spec: 
     return {"kind": "CanaryFailure", "spec": {
         "model": d["name"], "candidate": "@challenger", "router": {"url": router.url}, "fault": fault,
         "rollback_within_s": 15, "stable": {"min_success_ratio": 0.99},
-        "traffic": {"sample": SAMPLE_INPUT, "interval_ms": 20}, **spec}}
+        "traffic": {"sample": SAMPLE_INPUT, "interval_ms": 20, "timeout_s": 2}, **spec}}
 
 
 @pytest.mark.parametrize("fault", ["errors", "latency"])
