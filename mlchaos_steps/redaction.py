@@ -28,16 +28,19 @@ SECRET_NAME = re.compile(
     r"access[_-]?key|session[_-]?key|cookie|signature|database[_-]?url|connection[_-]?string|client[_-]?secret)",
     re.IGNORECASE)
 
-_SECRET_WORDS = (r"(?:[\w.-]*(?:secret|token|passw(?:or)?d?|pwd|credential|api[_-]?key|apikey|private[_-]?key|"
-                 r"access[_-]?key|auth[_-]?key|client[_-]?secret|dsn)[\w.-]*)")
+# Every repetition is bounded: an unbounded one before a literal makes a long run of word characters
+# (a 20 kB value) cost quadratic time.
+_WORDS = (r"(?:secret|token|passw(?:or)?d?|pwd|credential|api[_-]?key|apikey|private[_-]?key|access[_-]?key|"
+          r"auth[_-]?key|client[_-]?secret|dsn)")
+_SECRET_WORDS = r"(?:(?<![\w.-])[\w.-]{0,40}?" + _WORDS + r"[\w.-]{0,40})"
 _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
     # -----BEGIN ... PRIVATE KEY----- blocks
     (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----.*?(-----END [A-Z ]*PRIVATE KEY-----|$)", re.DOTALL),
      "-----BEGIN PRIVATE KEY-----" + REDACTED),
     # credentials in URLs: scheme://user:pass@host, scheme://token@host (DSNs)
-    (re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]*://)(?P<user>[^/\s:@'\"]+):(?P<pw>[^/\s@'\"]+)@"),
+    (re.compile(r"(?P<scheme>\b[a-zA-Z][a-zA-Z0-9+.-]{0,30}://)(?P<user>[^/\s:@'\"]{1,256}):(?P<pw>[^/\s@'\"]{1,256})@"),
      r"\g<scheme>\g<user>:" + REDACTED + "@"),
-    (re.compile(r"(?P<scheme>\bhttps?://)(?P<key>[A-Za-z0-9_-]{16,})@"), r"\g<scheme>" + REDACTED + "@"),
+    (re.compile(r"(?P<scheme>\bhttps?://)(?P<key>[A-Za-z0-9_-]{16,256})@"), r"\g<scheme>" + REDACTED + "@"),
     # Authorization headers
     (re.compile(r"\b(Bearer|Basic|Token|Bot)\s+[A-Za-z0-9._~+/=-]{8,}", re.IGNORECASE), r"\1 " + REDACTED),
     # name=value, name: value, "name": "value", with a secret-naming name
@@ -54,7 +57,7 @@ _TEXT_RULES: list[tuple[re.Pattern[str], str]] = [
     (re.compile(r"https://discord(?:app)?\.com/api/webhooks/[0-9]+/[A-Za-z0-9_-]+"),
      "https://discord.com/api/webhooks/" + REDACTED),
 ]
-_SECRET_FLAG = re.compile(r"^--?" + _SECRET_WORDS + r"$", re.IGNORECASE)
+_SECRET_FLAG = re.compile(r"^--?[\w.-]{0,40}?" + _WORDS + r"[\w.-]{0,40}$", re.IGNORECASE)
 
 
 def redact_text(text: str) -> str:
