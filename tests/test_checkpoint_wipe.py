@@ -158,3 +158,8 @@ def test_restore_refuses_a_quarantined_copy_with_the_wrong_digest(store: Path) -
     assert quarantined.exists()  # kept, never deleted
     execution = SqliteLedger().get("tampered")
     assert execution is not None and execution.status != RESTORED
+
+
+def test_run_stage_records_each_phase_once(store: Path) -> None:
+    outcome = run_stage(parse_stage(wipe_doc(store)), "phases-once")
+    assert [p.phase for p in outcome.phases] == ["snapshot", "inject", "verify", "restore"]
