@@ -87,7 +87,7 @@ class Router(_Server):
 
     def __init__(self, stable: str, canary: str, canary_weight: int = 30, abort_after: int = 3, *,
                  lie: bool = False, stale_abort: bool = False, never_abort: bool = False,
-                 all_to_canary: bool = False, no_header: bool = False):
+                 all_to_canary: bool = False, no_header: bool = False, argo_spelling: bool = False):
         self.backends = {"stable": stable, "canary": canary}
         self.state: dict[str, Any] = {"phase": "Progressing", "canary_weight": canary_weight,
                                       "stable_weight": 100 - canary_weight, "aborted_at": None}
@@ -95,7 +95,7 @@ class Router(_Server):
         self.fault: dict[str, Any] | None = None
         self.canary_errors, self.abort_after = 0, abort_after
         self.lie, self.stale_abort, self.never_abort = lie, stale_abort, never_abort
-        self.all_to_canary, self.no_header = all_to_canary, no_header
+        self.all_to_canary, self.no_header, self.argo_spelling = all_to_canary, no_header, argo_spelling
         self.started_at, self.state_reads = time.time(), 0
         self.rng = random.Random(7)
         self.lock = threading.Lock()
@@ -125,7 +125,9 @@ class Router(_Server):
             def _route(self, body: bytes) -> None:
                 owner: Router = self.server.owner  # type: ignore[attr-defined]
                 backend, status, payload = owner.forward(self.command, self.path, body)
-                self._send(status, payload, {} if owner.no_header else {"x-mlchaos-backend": backend})
+                header = "X-MLChaos-Backend" if owner.argo_spelling else "x-mlchaos-backend"
+                value = backend.capitalize() if owner.argo_spelling else backend
+                self._send(status, payload, {} if owner.no_header else {header: value})
 
         super().__init__(Handler)
 
@@ -135,6 +137,13 @@ class Router(_Server):
             if self.stale_abort and self.state_reads > 1:  # the first read (the stage's snapshot) sees it live
                 return {**self.state, "phase": "Aborted", "canary_weight": 0, "stable_weight": 100,
                         "aborted_at": self.started_at}
+            if self.argo_spelling:  # how an Argo Rollouts bridge writes it: strings, ISO times, capitals
+                from datetime import UTC, datetime
+
+                aborted = self.state["aborted_at"]
+                return {**self.state, "phase": self.state["phase"].lower(),
+                        "canary_weight": str(self.state["canary_weight"]), "aborted_at": datetime.fromtimestamp(aborted, UTC).isoformat().replace("+00:00", "Z")
+                        if aborted else None}
             return dict(self.state)
 
     def forward(self, method: str, path: str, body: bytes) -> tuple[str, int, bytes]:

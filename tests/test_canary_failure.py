@@ -220,3 +220,16 @@ def test_router_without_the_backend_header_is_refused_with_the_contract(register
             run_stage(_third_party(registered, router), "tp-no-header")
     finally:
         router.stop()
+
+
+def test_router_spelling_state_and_header_its_own_way_passes(registered: str, backends: tuple[Any, Any]) -> None:
+    """'aborted', weight "0", an ISO 8601 abort time, and `X-MLChaos-Backend: Stable` mean the same."""
+    from systems import Router
+
+    router = Router(backends[0].url, backends[1].url, argo_spelling=True)
+    try:
+        outcome = run_stage(_third_party(registered, router), "tp-spelling")
+    finally:
+        router.stop()
+    assert outcome.verdict.status == "passed", outcome.verdict.reason
+    assert 0 <= outcome.verdict.metrics["rollback_seconds"] <= 5

@@ -51,7 +51,7 @@ def sample_once(url: str, timeout_s: float, expect_status: int | None = None, bo
         else:
             status, _, headers = http_request(url, timeout_s, "POST", body, {"Content-Type": "application/json"})
         ok = status == expect_status if expect_status else 200 <= status < 400
-        detail, backend = str(status), headers.get("x-mlchaos-backend", "")
+        detail, backend = str(status), headers.get("x-mlchaos-backend", "").strip().lower()
     except (OSError, http.client.HTTPException) as exc:
         ok, detail = False, type(exc).__name__
     return Sample(started, ok, (time.perf_counter() - t0) * 1000, detail, backend)

@@ -107,9 +107,14 @@ class CanaryFailure(StageSpec):
             state = json.loads(body)
         except ValueError:
             state = None
-        if not isinstance(state, dict) or "phase" not in state or "canary_weight" not in state:
+        if not isinstance(state, dict) or "phase" not in state or _number(state.get("canary_weight")) is None:
             raise InfrastructureError(f"the router at {self.router.url} answered /mlchaos/state without phase and "
                                       f"canary_weight: {CONTRACT}")
+        # Routers write these their own way ("Aborted" or "aborted", "0" or 0, Unix seconds or ISO 8601).
+        state["phase"] = str(state["phase"]).strip().capitalize()
+        state["canary_weight"] = _number(state["canary_weight"])
+        if state.get("aborted_at") is not None:
+            state["aborted_at"] = _timestamp(state["aborted_at"])
         return state
 
     def _canary_pids(self) -> list[tuple[int, float]]:
@@ -215,7 +220,7 @@ class CanaryFailure(StageSpec):
             state = self._state()
             if state.get("phase") == "Aborted" and state.get("canary_weight") == 0:
                 aborted_at = state.get("aborted_at")
-                if not isinstance(aborted_at, int | float):
+                if aborted_at is None:
                     raise InfrastructureError(f"the router says Aborted but gives no aborted_at time: {CONTRACT}")
                 if aborted_at < injected_at:
                     return {"rolled_back": False, "stale_abort": True, "injected_at": injected_at,
@@ -303,3 +308,23 @@ class CanaryFailure(StageSpec):
             return {"fault": "cleared"}
         # kill-canary: the canary is the rollout's to replace or abandon; nothing of ours to put back
         return {"note": "canary process was killed; the rollout owns its replacement"}
+
+
+def _number(value: Any) -> float | None:
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _timestamp(value: Any) -> float | None:
+    """Unix seconds, or an ISO 8601 time (what Argo Rollouts and Kubernetes write)."""
+    number = _number(value)
+    if number is not None:
+        return number
+    try:
+        from datetime import datetime
+
+        return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+    except ValueError:
+        return None
