@@ -141,9 +141,9 @@ class Router(_Server):
                 from datetime import UTC, datetime
 
                 aborted = self.state["aborted_at"]
+                iso = datetime.fromtimestamp(aborted, UTC).isoformat().replace("+00:00", "Z") if aborted else None
                 return {**self.state, "phase": self.state["phase"].lower(),
-                        "canary_weight": str(self.state["canary_weight"]), "aborted_at": datetime.fromtimestamp(aborted, UTC).isoformat().replace("+00:00", "Z")
-                        if aborted else None}
+                        "canary_weight": str(self.state["canary_weight"]), "aborted_at": iso}
             return dict(self.state)
 
     def forward(self, method: str, path: str, body: bytes) -> tuple[str, int, bytes]:
