@@ -35,6 +35,7 @@ from pydantic import Field, field_validator, model_validator
 from mlchaos_steps.engine.context import PhaseContext, check_kill_switch
 from mlchaos_steps.engine.ledger import Action
 from mlchaos_steps.engine.probes import HttpSampler, sample_once, summarize
+from mlchaos_steps.engine.processes import same_process
 from mlchaos_steps.engine.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
 from mlchaos_steps.stages.base import StageSpec, StrictModel
@@ -457,7 +458,7 @@ class _RecoveryWatch:
         live = {r.key() for r in self.current}
         ready = len(self.serving_originals & live) + sum(1 for k in self.ready if k in live)
         self.ready_now = ready
-        victims_gone = not any(_same(pid, created) for pid, created in self.victims)
+        victims_gone = not any(same_process(pid, created) for pid, created in self.victims)
         return victims_gone and ready >= self.expected
 
     def _probe(self, candidates: list[int]) -> None:
@@ -497,12 +498,3 @@ class _RecoveryWatch:
             out.update(recovered_at=self.recovered_at,
                        recovery_seconds=round(self.recovered_at - self.killed_at, 4))
         return out
-
-
-def _same(pid: int, created: float) -> bool:
-    """Whether ``pid`` is still that process, alive (a zombie awaiting its parent counts as gone)."""
-    try:
-        proc = psutil.Process(pid)
-        return abs(proc.create_time() - created) < 0.5 and proc.status() != psutil.STATUS_ZOMBIE
-    except psutil.Error:
-        return False
