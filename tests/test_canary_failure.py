@@ -142,40 +142,38 @@ def backends() -> Iterator[tuple[Any, Any]]:
     canary.stop()
 
 
-def test_third_party_router_that_really_rolls_back_passes(registered: str, backends: tuple[Any, Any]) -> None:
+def _through_router(name: str, stable: str, canary: str, run_key: str, spec: dict[str, Any] | None = None,
+                    **knobs: Any) -> Any:
+    """Run the stage through a third-party router built with ``knobs``; always stop it."""
     from systems import Router
 
-    router = Router(backends[0].url, backends[1].url)
+    router = Router(stable, canary, **knobs)
     try:
-        outcome = run_stage(_third_party(registered, router), "tp-honest")
+        return run_stage(_third_party(name, router, **(spec or {})), run_key)
     finally:
         router.stop()
+
+
+def test_third_party_router_that_really_rolls_back_passes(registered: str, backends: tuple[Any, Any]) -> None:
+    outcome = _through_router(registered, backends[0].url, backends[1].url, "tp-honest")
     assert outcome.verdict.status == "passed", outcome.verdict.reason
     assert outcome.verdict.evidence["observation"]["requests_after_abort"] > 0
 
 
 def test_router_that_says_aborted_but_keeps_routing_to_the_canary_fails(registered: str,
                                                                         backends: tuple[Any, Any]) -> None:
-    from systems import Router
-
-    router = Router(backends[0].url, backends[1].url, lie=True)
-    try:
-        outcome = run_stage(_third_party(registered, router), "tp-liar")
-    finally:
-        router.stop()
+    outcome = _through_router(registered, backends[0].url, backends[1].url, "tp-liar", lie=True)
     assert outcome.verdict.status == "failed", outcome.verdict.reason
     assert "served by the canary" in outcome.verdict.reason
 
 
 def test_stable_that_hangs_under_load_fails(registered: str) -> None:
-    from systems import Backend, Router
+    from systems import Backend
 
     stable, canary = Backend(hang_over_rps=50, hang_s=3), Backend()
-    router = Router(stable.url, canary.url)
     try:
-        outcome = run_stage(_third_party(registered, router), "tp-hanging-stable")
+        outcome = _through_router(registered, stable.url, canary.url, "tp-hanging-stable")
     finally:
-        router.stop()
         stable.stop()
         canary.stop()
     assert outcome.verdict.status == "failed", outcome.verdict.reason
@@ -183,13 +181,7 @@ def test_stable_that_hangs_under_load_fails(registered: str) -> None:
 
 
 def test_abort_recorded_before_the_fault_is_not_a_rollback(registered: str, backends: tuple[Any, Any]) -> None:
-    from systems import Router
-
-    router = Router(backends[0].url, backends[1].url, stale_abort=True)
-    try:
-        outcome = run_stage(_third_party(registered, router), "tp-stale")
-    finally:
-        router.stop()
+    outcome = _through_router(registered, backends[0].url, backends[1].url, "tp-stale", stale_abort=True)
     assert outcome.verdict.status == "failed", outcome.verdict.reason
     assert "before the fault" in outcome.verdict.reason
     assert "rollback_seconds" not in outcome.verdict.metrics
@@ -197,39 +189,22 @@ def test_abort_recorded_before_the_fault_is_not_a_rollback(registered: str, back
 
 def test_no_abort_and_a_stable_that_served_nothing_is_failed_not_inconclusive(registered: str,
                                                                              backends: tuple[Any, Any]) -> None:
-    from systems import Router
-
-    router = Router(backends[0].url, backends[1].url, never_abort=True, all_to_canary=True)
-    try:
-        outcome = run_stage(_third_party(registered, router, rollback_within_s=2), "tp-nothing")
-    finally:
-        router.stop()
+    outcome = _through_router(registered, backends[0].url, backends[1].url, "tp-nothing", {"rollback_within_s": 2},
+                              never_abort=True, all_to_canary=True)
     assert outcome.verdict.status == "failed", outcome.verdict.reason
     assert "did not abort" in outcome.verdict.reason and "stable served none" in outcome.verdict.reason
 
 
 def test_router_without_the_backend_header_is_refused_with_the_contract(registered: str,
                                                                         backends: tuple[Any, Any]) -> None:
-    from systems import Router
-
     from mlchaos_steps.errors import SpecError
 
-    router = Router(backends[0].url, backends[1].url, no_header=True)
-    try:
-        with pytest.raises(SpecError, match="x-mlchaos-backend.*contract in the README"):
-            run_stage(_third_party(registered, router), "tp-no-header")
-    finally:
-        router.stop()
+    with pytest.raises(SpecError, match="x-mlchaos-backend.*contract in the README"):
+        _through_router(registered, backends[0].url, backends[1].url, "tp-no-header", no_header=True)
 
 
 def test_router_spelling_state_and_header_its_own_way_passes(registered: str, backends: tuple[Any, Any]) -> None:
     """'aborted', weight "0", an ISO 8601 abort time, and `X-MLChaos-Backend: Stable` mean the same."""
-    from systems import Router
-
-    router = Router(backends[0].url, backends[1].url, argo_spelling=True)
-    try:
-        outcome = run_stage(_third_party(registered, router), "tp-spelling")
-    finally:
-        router.stop()
+    outcome = _through_router(registered, backends[0].url, backends[1].url, "tp-spelling", argo_spelling=True)
     assert outcome.verdict.status == "passed", outcome.verdict.reason
     assert 0 <= outcome.verdict.metrics["rollback_seconds"] <= 5

@@ -79,18 +79,21 @@ class ResumeSpec(StrictModel):
     _command = field_validator("command", mode="before")(_argument_list)
     _env = field_validator("env", mode="before")(_environment)
 
-    def check_runnable(self, field: str = "spec.resume") -> None:
+    def check_runnable(self) -> None:
         """Before anything breaks: the working folder exists and the program can be found."""
-        if self.cwd is not None and not os.path.isdir(self.cwd):
-            raise SpecError(f"{field}.cwd", f"{self.cwd!r} is not a folder on this machine: fix it or leave it out")
-        program = self.command[0]
-        search_path = self.env.get("PATH", os.environ.get("PATH", ""))
-        base = self.cwd or os.getcwd()
-        found = (os.access(os.path.join(base, program), os.X_OK) if os.sep in program
-                 else shutil.which(program, path=search_path) is not None)
-        if not found:
-            raise SpecError(f"{field}.command", f"{program!r} is not an executable program here: give its path or "
-                                                "install it")
+        check_runnable(self.command, self.cwd, self.env, "spec.resume")
+
+
+def check_runnable(command: list[str], cwd: str | None, env: dict[str, str], field: str) -> None:
+    """Refuse (exit 2) a command whose working folder or program does not exist on this machine."""
+    if cwd is not None and not os.path.isdir(cwd):
+        raise SpecError(f"{field}.cwd", f"{cwd!r} is not a folder on this machine: fix it or leave it out")
+    program = command[0]
+    found = (os.access(os.path.join(cwd or os.getcwd(), program), os.X_OK) if os.sep in program
+             else shutil.which(program, path=env.get("PATH", os.environ.get("PATH", ""))) is not None)
+    if not found:
+        raise SpecError(f"{field}.command", f"{program!r} is not an executable program here: give its path or "
+                                            "install it")
 
 
 class IntegrityCheck(StrictModel):
@@ -195,8 +198,7 @@ class CheckpointWipe(StageSpec):
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
         self.resume.check_runnable()
         if self.integrity is not None:
-            ResumeSpec(command=self.integrity.command, max_lost_steps=0, cwd=self.resume.cwd,
-                       env=self.resume.env).check_runnable("spec.integrity")
+            check_runnable(self.integrity.command, self.resume.cwd, self.resume.env, "spec.integrity")
         store, found, victims = self._resolve()
         survivors = found[: len(found) - len(victims)]
         backups = []
