@@ -55,7 +55,7 @@ def _write_big_checkpoint(folder: Path, total_bytes: int, files: int = 4) -> Non
 
 def checkpoint_inject() -> dict[str, Any]:
     """Inject (delete-latest) on a 2 GB checkpoint folder: quarantine by rename, against a plain copy."""
-    from mlchaos_steps.engine import restore_run, run_phase
+    from mlchaos_steps.api import restore_run, run_phase
     from mlchaos_steps.stages import parse_stage
 
     size = int(os.environ.get("MLCHAOS_BENCH_CHECKPOINT_BYTES", str(2 * 1024**3)))
@@ -104,10 +104,10 @@ def checkpoint_inject() -> dict[str, Any]:
 
 def pod_delete_detection() -> dict[str, Any]:
     """How long after the replacement worker first answers does pod-delete declare recovery?"""
-    from mlchaos_steps.engine import restore_run, run_phase
-    from mlchaos_steps.engine.ledger import SqliteLedger
-    from mlchaos_steps.engine.probes import http_request
+    from mlchaos_steps.api import restore_run, run_phase
+    from mlchaos_steps.core.probes import http_request
     from mlchaos_steps.examples import workloads
+    from mlchaos_steps.ledgers import SqliteLedger
     from mlchaos_steps.stages import parse_stage
 
     server = workloads.start_server(healthy=True, workers=2)
@@ -163,8 +163,8 @@ def pod_delete_detection() -> dict[str, Any]:
 def kill_switch() -> dict[str, Any]:
     """Seconds from touching the stop file to `mlchaos run` exiting (verify stopped, restore done), for a
     resume command that stops on SIGTERM and for one that ignores it."""
-    from mlchaos_steps.engine.ledger import SqliteLedger
     from mlchaos_steps.examples import workloads
+    from mlchaos_steps.ledgers import SqliteLedger
 
     stubborn = [sys.executable, "-c", "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
                                       "time.sleep(600)"]
@@ -206,7 +206,8 @@ def kill_switch() -> dict[str, Any]:
 
 def _kill_switch_during(phase: str) -> list[float]:
     """Stop file touched while snapshot digests, or inject damages, a 2 GiB checkpoint folder."""
-    from mlchaos_steps.engine.ledger import PLANNED, SqliteLedger
+    from mlchaos_steps.core.records import ActionState
+    from mlchaos_steps.ledgers import SqliteLedger
 
     def in_progress(key: str, home: Path) -> bool:
         if not (home / "ledger.db").exists():
@@ -215,7 +216,7 @@ def _kill_switch_during(phase: str) -> list[float]:
             execution = SqliteLedger().get(key)
             return execution is not None and "snapshot" not in execution.phases
         actions = SqliteLedger().actions(key)
-        return bool(actions) and actions[0].state == PLANNED and "damaged_digest" not in actions[0].undo
+        return bool(actions) and actions[0].state == ActionState.PLANNED and "damaged_digest" not in actions[0].undo
 
     size = int(os.environ.get("MLCHAOS_BENCH_CHECKPOINT_BYTES", str(2 * 1024**3)))
     work = Path(tempfile.mkdtemp(prefix=f"mlchaos-bench-ks-{phase}-", dir=os.environ.get("MLCHAOS_BENCH_DIR")))
@@ -296,7 +297,7 @@ def _tracking_server(root: Path) -> Any:
 
 def _real_verdict(name: str, version: str, stage_id: str, status: str) -> None:
     """A verdict as the engine writes it: evidence run, tags (verdict last, restored), run finished."""
-    from mlchaos_steps.engine.verdict import Verdict
+    from mlchaos_steps.core.verdict import Verdict
     from mlchaos_steps.gate.verdicts import finish_execution, log_execution, record_verdict
     from mlchaos_steps.targets.mlflow import ModelRef
 

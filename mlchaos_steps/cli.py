@@ -76,8 +76,7 @@ def _print(data: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from mlchaos_steps.engine import run_phase, run_stage
-    from mlchaos_steps.engine.phases import new_run_key
+    from mlchaos_steps.api import new_run_key, run_phase, run_stage
     from mlchaos_steps.stages import load_stages
 
     stages = load_stages(args.stage_file)
@@ -135,8 +134,7 @@ def _table(results: list[dict[str, Any]]) -> None:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from mlchaos_steps.engine import restore_orphaned, restore_run
-    from mlchaos_steps.engine.phases import open_runs
+    from mlchaos_steps.api import open_runs, restore_orphaned, restore_run
 
     if args.orphaned:
         results = restore_orphaned(older_than_s=args.older_than)
@@ -172,7 +170,7 @@ def _cmd_gate(args: argparse.Namespace) -> int:
 
 
 def _cmd_ledger(args: argparse.Namespace) -> int:
-    from mlchaos_steps.engine.ledger import default_ledger
+    from mlchaos_steps.ledgers import default_ledger
 
     ledger = default_ledger()
     executions = ledger.open_executions() if args.open else ledger.executions()

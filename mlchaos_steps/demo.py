@@ -44,8 +44,9 @@ def run_demo(broken: bool = False, workdir: str | None = None) -> int:
                        "MLCHAOS_EXAMPLE_BROKEN": "1" if broken else "0"})
 
     from mlchaos_steps.airflow.local_run import migrate, run_dag, task_states
-    from mlchaos_steps.engine.ledger import RESTORED, default_ledger
+    from mlchaos_steps.core.records import ExecutionStatus
     from mlchaos_steps.examples.pipeline import deployment_dag, retraining_dag
+    from mlchaos_steps.ledgers import default_ledger
     from mlchaos_steps.targets.mlflow import alias_version, tracking_uri
 
     label = "broken" if broken else "healthy"
@@ -71,7 +72,8 @@ def run_demo(broken: bool = False, workdir: str | None = None) -> int:
                 "dag": dag.dag_id, "stage": group,
                 "verdict": execution.verdict if execution and execution.verdict else "not run",
                 "why": (detail or {}).get("reason") or f"{group}.snapshot: {states.get(f'{group}.snapshot')}",
-                "restored": "n/a" if execution is None else "yes" if execution.status == RESTORED else "NO",
+                "restored": ("n/a" if execution is None else
+                             "yes" if execution.status == ExecutionStatus.RESTORED else "NO"),
             })
 
     table = Table(title=f"mlchaos demo: verdicts on {model} ({label} workloads)")

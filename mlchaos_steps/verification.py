@@ -54,7 +54,7 @@ def model_loads(model_uri: str) -> ProbeResult:
 
 def serving_healthy(base_url: str, sample: dict[str, Any] | None = None, timeout_s: float = 5.0) -> ProbeResult:
     """``/ping`` answers 200 and, with a sample, one real ``/invocations`` request answers 200."""
-    from mlchaos_steps.engine.probes import http_request
+    from mlchaos_steps.core.probes import http_request
 
     def check() -> tuple[bool, str]:
         status, _, _ = http_request(base_url.rstrip("/") + "/ping", timeout_s)

@@ -158,7 +158,7 @@ def record_real_verdict(name: str, version: str, stage_id: str, status: str, res
     """A verdict written the way the engine writes it: an evidence run, the tags, the run finished."""
     import uuid
 
-    from mlchaos_steps.engine.verdict import Verdict
+    from mlchaos_steps.core.verdict import Verdict
     from mlchaos_steps.gate.verdicts import finish_execution, log_execution, record_verdict
     from mlchaos_steps.targets.mlflow import ModelRef
 

@@ -180,7 +180,7 @@ def start_gunicorn(tmp_path: Any, mode: str = "healthy", workers: int = 2, sidec
     import uuid
     from pathlib import Path
 
-    from mlchaos_steps.engine.probes import http_request
+    from mlchaos_steps.core.probes import http_request
     from mlchaos_steps.examples.workloads import LocalService, free_port
 
     name = f"mlchaos-test-{uuid.uuid4().hex[:8]}"

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 from conftest import mlchaos, pod_doc, replica_pids, tree_digests, wipe_doc, write_stage
 
-from mlchaos_steps.engine.ledger import SqliteLedger
 from mlchaos_steps.errors import SpecError
 from mlchaos_steps.examples.workloads import ExampleServer
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage, stage_schema
 
 

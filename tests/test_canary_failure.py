@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from mlchaos_steps.engine import run_stage
+from mlchaos_steps.api import run_stage
 from mlchaos_steps.examples import workloads
 from mlchaos_steps.examples.models import SAMPLE_INPUT, register_sklearn
 from mlchaos_steps.stages import parse_stage

@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import checkpoint_digests, mlchaos, mlchaos_json, tree_digests, wipe_doc, write_stage
 
-from mlchaos_steps.engine import restore_run, run_phase, run_stage
-from mlchaos_steps.engine.ledger import RESTORED, SqliteLedger
+from mlchaos_steps.api import restore_run, run_phase, run_stage
+from mlchaos_steps.core.records import ExecutionStatus
 from mlchaos_steps.examples import workloads
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage
 
 MODES = ["delete-latest", "truncate-latest", "corrupt-latest"]
@@ -157,7 +158,7 @@ def test_restore_refuses_a_quarantined_copy_with_the_wrong_digest(store: Path) -
         restore_run("tampered")
     assert quarantined.exists()  # kept, never deleted
     execution = SqliteLedger().get("tampered")
-    assert execution is not None and execution.status != RESTORED
+    assert execution is not None and execution.status != ExecutionStatus.RESTORED
 
 
 def test_run_stage_records_each_phase_once(store: Path) -> None:

@@ -18,9 +18,10 @@ import psutil
 import pytest
 from conftest import checkpoint_digests, mlchaos, tree_digests, wipe_doc, write_stage
 
-from mlchaos_steps.engine import restore_run, run_phase, run_stage
-from mlchaos_steps.engine.ledger import RESTORED, SqliteLedger
+from mlchaos_steps.api import restore_run, run_phase, run_stage
+from mlchaos_steps.core.records import ExecutionStatus
 from mlchaos_steps.examples import workloads
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage
 
 REPORT = '{"mlchaos_resumed_from_step": %d}'
@@ -191,7 +192,7 @@ def test_checkpoint_replaced_by_a_symlink_after_snapshot_is_not_touched(store: P
     assert tree_digests(outside) == outside_before
     restore_run("toctou")
     assert tree_digests(outside) == outside_before
-    assert SqliteLedger().get("toctou").status == RESTORED  # type: ignore[union-attr]
+    assert SqliteLedger().get("toctou").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
 
 
 def test_checkpoint_resaved_between_snapshot_and_inject_is_not_moved(store: Path) -> None:
@@ -203,7 +204,7 @@ def test_checkpoint_resaved_between_snapshot_and_inject_is_not_moved(store: Path
         run_phase(stage, "inject", "resaved-early")
     assert checkpoint_digests(store) == after_resave
     restore_run("resaved-early")
-    assert SqliteLedger().get("resaved-early").status == RESTORED  # type: ignore[union-attr]
+    assert SqliteLedger().get("resaved-early").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
 
 
 # -- 20. restore removes its own debris, keeps only foreign files -----------------------------------

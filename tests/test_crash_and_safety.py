@@ -12,11 +12,12 @@ from pathlib import Path
 import pytest
 from conftest import BIN, checkpoint_digests, mlchaos, pod_doc, replica_pids, tree_digests, wipe_doc, write_stage
 
-from mlchaos_steps.engine import restore_orphaned, run_phase, run_stage
-from mlchaos_steps.engine.ledger import APPLIED, RESTORED, SqliteLedger
+from mlchaos_steps.api import restore_orphaned, run_phase, run_stage
+from mlchaos_steps.core.records import ActionState, ExecutionStatus
 from mlchaos_steps.errors import KillSwitchEngaged, TargetBusy
 from mlchaos_steps.examples import workloads
 from mlchaos_steps.examples.workloads import ExampleServer
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage
 
 
@@ -33,7 +34,7 @@ def _wait_for_applied(run_key: str, proc: subprocess.Popen[str], timeout_s: floa
             actions = SqliteLedger().actions(run_key)
         except Exception:  # the ledger file may not exist yet
             actions = []
-        if actions and all(a.state == APPLIED for a in actions):
+        if actions and all(a.state == ActionState.APPLIED for a in actions):
             return
         time.sleep(0.005)
     raise AssertionError("inject never completed")
@@ -54,7 +55,7 @@ def test_sigkill_after_inject_then_restore_orphaned_checkpoint_wipe(store: Path,
     restored = json.loads(result.stdout)["restored"]
     assert [r["run_key"] for r in restored] == ["crash-wipe"]
     assert tree_digests(store) == before
-    assert SqliteLedger().get("crash-wipe").status == RESTORED  # type: ignore[union-attr]
+    assert SqliteLedger().get("crash-wipe").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
     # and again: nothing left to do
     assert json.loads(mlchaos("restore", "--orphaned", "--json").stdout) == {"restored": [], "left_open": []}
 
@@ -69,7 +70,7 @@ def test_sigkill_after_inject_then_restore_orphaned_pod_delete(healthy_server: E
     assert result.returncode == 0, result.stderr
     assert [r["run_key"] for r in json.loads(result.stdout)["restored"]] == ["crash-pod"]
     assert len(replica_pids(healthy_server)) == 2
-    assert SqliteLedger().get("crash-pod").status == RESTORED  # type: ignore[union-attr]
+    assert SqliteLedger().get("crash-pod").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
 
 
 def test_orphaned_leaves_runs_of_live_pipelines_alone(store: Path) -> None:
@@ -93,7 +94,7 @@ def test_stop_file_stops_verify_and_restores(store: Path, tmp_path: Path, mlchao
     execution = SqliteLedger().get("stopped")
     assert execution is not None and execution.verdict == "inconclusive"
     assert "kill switch" in execution.verdict_detail["reason"]  # type: ignore[index]
-    assert execution.status == RESTORED
+    assert execution.status == ExecutionStatus.RESTORED
     assert tree_digests(store) == before
 
 

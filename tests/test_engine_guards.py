@@ -14,10 +14,11 @@ import psutil
 import pytest
 from conftest import BIN, mlchaos, tree_digests, wipe_doc, write_stage
 
-from mlchaos_steps.engine import run_phase
-from mlchaos_steps.engine.ledger import APPLIED, RESTORED, SqliteLedger
+from mlchaos_steps.api import run_phase
+from mlchaos_steps.core.records import ActionState, ExecutionStatus
 from mlchaos_steps.errors import SpecError
 from mlchaos_steps.examples import workloads
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import load_stages, parse_stage
 
 
@@ -91,7 +92,8 @@ def test_sigterm_during_verify_restores_before_exiting(store: Path, tmp_path: Pa
     assert proc.returncode == 3, stderr
     assert "SIGTERM" in stderr
     execution = SqliteLedger().get("evicted")
-    assert execution is not None and execution.status == RESTORED and execution.verdict == "inconclusive"
+    assert execution is not None and execution.status == ExecutionStatus.RESTORED
+    assert execution.verdict == "inconclusive"
     assert tree_digests(store) == before
 
 
@@ -144,7 +146,7 @@ def test_restore_orphaned_lists_the_runs_it_leaves_alone(store: Path) -> None:
     stage = parse_stage(wipe_doc(store))
     run_phase(stage, "snapshot", "between-phases")
     run_phase(stage, "inject", "between-phases")
-    assert [a.state for a in SqliteLedger().actions("between-phases")] == [APPLIED]
+    assert [a.state for a in SqliteLedger().actions("between-phases")] == [ActionState.APPLIED]
     proc = mlchaos("restore", "--orphaned")
     assert proc.returncode == 0
     assert "between-phases" in proc.stderr and "--older-than" in proc.stderr
@@ -162,7 +164,7 @@ def test_kill_switch_during_inject_stops_the_damage_writer_and_restores(tmp_path
     import os
     import threading
 
-    from mlchaos_steps.engine import restore_run
+    from mlchaos_steps.api import restore_run
     from mlchaos_steps.errors import KillSwitchEngaged
 
     store = tmp_path / "big"

@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from conftest import record_real_verdict, wipe_doc
 
-from mlchaos_steps.engine import restore_run, run_phase, run_stage
-from mlchaos_steps.engine.ledger import SqliteLedger
+from mlchaos_steps.api import restore_run, run_phase, run_stage
 from mlchaos_steps.gate import promote
 from mlchaos_steps.gate.promotion import EvidenceRun, decide
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage
 from mlchaos_steps.targets.mlflow import client
 

@@ -9,8 +9,9 @@ from typing import Any
 import pytest
 from conftest import mlchaos, mlchaos_json, tree_digests, wipe_doc, write_stage
 
-from mlchaos_steps.engine.ledger import APPLIED, PLANNED, RESTORED, SqliteLedger
+from mlchaos_steps.core.records import ActionState, ExecutionStatus
 from mlchaos_steps.errors import TargetBusy
+from mlchaos_steps.ledgers import SqliteLedger
 
 
 @pytest.fixture(params=["sqlite", "mlflow"])
@@ -18,7 +19,7 @@ def ledger(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> A
     if request.param == "sqlite":
         return SqliteLedger()
     request.getfixturevalue("mlflow_server")
-    from mlchaos_steps.engine.mlflow_ledger import MlflowLedger
+    from mlchaos_steps.ledgers.mlflow import MlflowLedger
 
     return MlflowLedger()
 
@@ -36,8 +37,8 @@ def test_ledger_contract(ledger: Any) -> None:
     got = ledger.get(key)
     assert got.state == {"a": 1, "b": 2} and got.phases["snapshot"]["status"] == "ok"
     action = ledger.plan_action(key, "quarantine-checkpoint", "t1", {"digest": "d"})
-    assert [a.state for a in ledger.actions(key)] == [PLANNED]
-    ledger.mark_action(action, APPLIED, undo={"digest": "d", "extra": 1})
+    assert [a.state for a in ledger.actions(key)] == [ActionState.PLANNED]
+    ledger.mark_action(action, ActionState.APPLIED, undo={"digest": "d", "extra": 1})
     assert ledger.actions(key)[0].undo == {"digest": "d", "extra": 1}
     ledger.acquire_lease("target-A", key)
     ledger.acquire_lease("target-A", key)  # re-entrant for the same run
@@ -52,7 +53,7 @@ def test_ledger_contract(ledger: Any) -> None:
     assert ledger.get(key).owner_pid == os.getpid()
     ledger.release_owner(key)
     assert ledger.get(key).owner_pid is None
-    ledger.update(key, status=RESTORED, verdict="passed", verdict_detail={"status": "passed"})
+    ledger.update(key, status=ExecutionStatus.RESTORED, verdict="passed", verdict_detail={"status": "passed"})
     assert key not in [e.run_key for e in ledger.open_executions()]
     assert ledger.get(key).verdict_detail == {"status": "passed"}
 
@@ -110,7 +111,7 @@ def test_mlflow_lease_lets_exactly_one_of_many_pods_in(mlflow_server: str, store
     assert sorted(codes) == [0] + [3] * 7, [(c, p.stderr.read()[-300:]) for c, p in zip(codes, procs, strict=True)]  # type: ignore[union-attr]
     winner = f"pod-{codes.index(0)}"
     env = {"MLCHAOS_LEDGER": "mlflow", "MLCHAOS_HOME": str(tmp_path / "h-restore")}
-    from mlchaos_steps.engine.mlflow_ledger import MlflowLedger
+    from mlchaos_steps.ledgers.mlflow import MlflowLedger
 
     assert winner in MlflowLedger().leases().values()
     assert mlchaos("restore", "--run-key", winner, env=env).returncode == 0
@@ -121,7 +122,7 @@ def test_mlflow_lease_expires(mlflow_server: str, monkeypatch: pytest.MonkeyPatc
     import time
     import uuid
 
-    from mlchaos_steps.engine.mlflow_ledger import MlflowLedger
+    from mlchaos_steps.ledgers.mlflow import MlflowLedger
 
     ledger = MlflowLedger()
     target, first, second = f"t-{uuid.uuid4().hex[:6]}", f"a-{uuid.uuid4().hex[:6]}", f"b-{uuid.uuid4().hex[:6]}"

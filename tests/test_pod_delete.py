@@ -7,9 +7,9 @@ from pathlib import Path
 import psutil
 from conftest import mlchaos_json, pod_doc, replica_pids, write_stage
 
-from mlchaos_steps.engine import run_stage
-from mlchaos_steps.engine.ledger import SqliteLedger
+from mlchaos_steps.api import run_stage
 from mlchaos_steps.examples.workloads import ExampleServer
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from systems import start_gunicorn
 
-from mlchaos_steps.engine import run_stage
+from mlchaos_steps.api import run_stage
 from mlchaos_steps.errors import SpecError
 from mlchaos_steps.stages import parse_stage
 

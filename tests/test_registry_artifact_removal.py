@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 from conftest import mlchaos, record_real_verdict
 
-from mlchaos_steps.engine import run_phase, run_stage
-from mlchaos_steps.engine.ledger import RESTORED, SqliteLedger
+from mlchaos_steps.api import run_phase, run_stage
+from mlchaos_steps.core.records import ExecutionStatus
 from mlchaos_steps.examples.models import SAMPLE_INPUT, register_silent_fallback
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage
 from mlchaos_steps.targets.mlflow import ModelRef, client, version_artifacts
 from mlchaos_steps.verification import model_loads
@@ -166,7 +167,7 @@ def test_tracking_server_down_during_verify(tmp_path: Path, monkeypatch: pytest.
         assert result.verdict.exit_code == 3
         run_phase(stage, "restore", "rar-down")  # the artifact root is a local folder: restore needs no server
         assert _tree(root) == before
-        assert SqliteLedger().get("rar-down").status == RESTORED  # type: ignore[union-attr]
+        assert SqliteLedger().get("rar-down").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
         server = workloads.start_tracking_server(tmp_path / "own-server", port=server.port)
         tags = client().get_model_version(model_name, version).tags
         assert tags["mlchaos.registry-artifact-removal.verdict"] == "pending"  # never a verdict it did not reach
@@ -188,7 +189,7 @@ def test_embedded_sqlite_registry(monkeypatch: pytest.MonkeyPatch, model_name: s
 
 def test_restore_refuses_a_backup_with_the_wrong_digest(two_versions: tuple[str, str, str],
                                                         mlchaos_home: Path) -> None:
-    from mlchaos_steps.engine import restore_run
+    from mlchaos_steps.api import restore_run
 
     name, _, v2 = two_versions
     stage = parse_stage(_doc(name, v2, scope="weights"))

@@ -14,11 +14,12 @@ import psutil
 import pytest
 from conftest import BIN, checkpoint_digests, mlchaos, pod_doc, tree_digests, wipe_doc, write_stage
 
-from mlchaos_steps.engine import restore_run, run_phase, run_stage
-from mlchaos_steps.engine.ledger import RESTORED, SqliteLedger
+from mlchaos_steps.api import restore_run, run_phase, run_stage
+from mlchaos_steps.core.records import ExecutionStatus
 from mlchaos_steps.errors import SafetyError, SpecError
 from mlchaos_steps.examples import workloads
 from mlchaos_steps.examples.workloads import ExampleServer
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage
 
 
@@ -141,7 +142,7 @@ def test_a_planted_quarantine_link_is_never_followed(store: Path, tmp_path: Path
     assert list(outside.iterdir()) == []  # nothing moved outside the store
     assert checkpoint_digests(store) == before
     restore_run("planted")
-    assert SqliteLedger().get("planted").status == RESTORED  # type: ignore[union-attr]
+    assert SqliteLedger().get("planted").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
 
 
 def test_a_checkpoint_that_is_a_relative_symlink_is_refused_before_anything_moves(store: Path, tmp_path: Path

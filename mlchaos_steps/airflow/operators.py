@@ -71,7 +71,7 @@ class ChaosPhaseOperator(BaseOperator):
         return f"{context['dag'].dag_id}/{context['run_id']}/{self.stage_key}"
 
     def execute(self, context: Any) -> Any:
-        from mlchaos_steps.engine import restore_run, run_phase
+        from mlchaos_steps.api import restore_run, run_phase
         from mlchaos_steps.errors import MlchaosError
         from mlchaos_steps.stages import parse_stage
 
@@ -91,10 +91,10 @@ class ChaosPhaseOperator(BaseOperator):
             return {"status": result.status, "run_key": key}
         verdict = result.verdict
         assert verdict is not None
-        from mlchaos_steps.engine.ledger import default_ledger
+        from mlchaos_steps.ledgers import default_ledger
 
         execution = default_ledger().get(key)
-        run_id = execution.state.get("mlflow_run_id") if execution else None
+        run_id = execution.evidence_run_id if execution else None
         if run_id:
             try:
                 context["ti"].xcom_push(key=MlflowRunLink().xcom_key, value=mlflow_run_url(run_id))
@@ -111,7 +111,7 @@ class ChaosPhaseOperator(BaseOperator):
         busy, a target is down) is logged and left to ``mlchaos restore --orphaned``."""
         if not self._run_key:
             return
-        from mlchaos_steps.engine import restore_run
+        from mlchaos_steps.api import restore_run
 
         try:
             restore_run(self._run_key, wait_s=ON_KILL_WAIT_S)
@@ -167,8 +167,8 @@ def carry_verdicts(context: Any, model: str, version: str, stage_groups: Sequenc
     the task that registers the model. Returns ``{stage id: verdict}``; a stage without a verdict is
     left out, so the gate sees it missing and blocks.
     """
-    from mlchaos_steps.engine.ledger import default_ledger
     from mlchaos_steps.gate.verdicts import carry_verdict
+    from mlchaos_steps.ledgers import default_ledger
     from mlchaos_steps.targets.mlflow import ModelRef
 
     carried = {}

@@ -1,10 +1,10 @@
-"""The engine: phases over a write-ahead ledger.
+"""The engine: phases over a write-ahead ledger, telling an observer what happened.
 
-Example::
+Example (silent: nothing reported; :mod:`mlchaos_steps.api` reports verdicts to MLflow)::
 
-    from mlchaos_steps.engine import run_stage, restore_run, restore_orphaned
+    from mlchaos_steps.api import run_stage, restore_run, restore_orphaned
 
-Attributes load on first use (PEP 562), so a stage module importing ``mlchaos_steps.engine.context``
+Attributes load on first use (PEP 562), so a stage module importing ``mlchaos_steps.core.context``
 at DAG-parse time does not pull in the phase runner, the locks and the journal.
 """
 
@@ -21,7 +21,9 @@ _EXPORTS = {
     "restore_run": "mlchaos_steps.engine.phases",
     "run_phase": "mlchaos_steps.engine.phases",
     "run_stage": "mlchaos_steps.engine.phases",
-    "Verdict": "mlchaos_steps.engine.verdict",
+    "Observer": "mlchaos_steps.engine.observers",
+    "SilentObserver": "mlchaos_steps.engine.observers",
+    "Verdict": "mlchaos_steps.core.verdict",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -1,7 +1,7 @@
 """A Chaos Toolkit-compatible journal for each stage execution.
 
 The journal is built with ``chaoslib``'s own ``initialize_run_journal`` around an experiment whose
-activities are Python providers in :mod:`mlchaos_steps.engine.ctk`, so the experiment passes
+activities are Python providers in :mod:`mlchaos_steps.ctk`, so the experiment passes
 ``chaoslib.experiment.ensure_experiment_is_valid`` and ``chaos run`` could replay it. Values whose
 names look secret are redacted before anything is written.
 """
@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlchaos_steps.engine.ledger import Execution
+from mlchaos_steps.core.records import Execution
 from mlchaos_steps.redaction import redact
 
 __all__ = ["build_journal", "experiment_for", "redact", "write_journal"]
@@ -29,7 +29,7 @@ def _iso(ts: float | None) -> str | None:
 def _provider(func: str, execution: Execution) -> dict[str, Any]:
     return {
         "type": "python",
-        "module": "mlchaos_steps.engine.ctk",
+        "module": "mlchaos_steps.ctk",
         "func": func,
         "arguments": {"stage": redact({"kind": execution.kind, "spec": execution.spec}),
                       "run_key": execution.run_key},

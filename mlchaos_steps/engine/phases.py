@@ -1,55 +1,50 @@
 """The four phases: snapshot, inject, verify, restore. Each runs alone in a fresh process.
 
 Phases share state only through the ledger, keyed by the run key. ``run_stage`` runs all four in one
-process with restore in a ``finally``.
+process with restore in a ``finally``. The engine tells an observer about the lifecycle and knows
+nothing of who listens (:mod:`mlchaos_steps.api` hands it the MLflow reporter).
 
 Example::
 
-    from mlchaos_steps.engine import run_stage
+    from mlchaos_steps.api import run_stage
     from mlchaos_steps.stages import load_stages
 
-    outcome = run_stage(load_stages("stages/wipe.yaml")[0], run_key="nightly-2026-11-27")
+    outcome = run_stage(load_stages("dags/stages/checkpoint_wipe.yaml")[0], run_key="nightly-2026-11-27")
     print(outcome.verdict.status, outcome.verdict.reason)
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import socket
 import time
 import traceback
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from mlchaos_steps.engine.context import PhaseContext, check_kill_switch
-from mlchaos_steps.engine.journal import redact, write_journal
-from mlchaos_steps.engine.ledger import (
-    APPLIED,
-    INJECTED,
-    PLANNED,
-    RESTORE_FAILED,
-    RESTORED,
-    SNAPSHOTTED,
-    UNDO_FAILED,
-    UNDONE,
-    VERIFIED,
-    Execution,
-    Ledger,
-    default_ledger,
-    owner_alive,
-)
+from mlchaos_steps.core.context import PhaseContext, check_kill_switch
+from mlchaos_steps.core.records import ActionState, Execution, ExecutionStatus, Ledger, ModelRef, owner_alive
+from mlchaos_steps.core.spec import StageSpec
+from mlchaos_steps.core.verdict import Verdict
+from mlchaos_steps.engine.journal import write_journal
 from mlchaos_steps.engine.locks import run_key_lock, target_locks
-from mlchaos_steps.engine.verdict import Verdict
+from mlchaos_steps.engine.observers import Observer, SilentObserver
 from mlchaos_steps.errors import KillSwitchEngaged, MlchaosError, RestoreError, SpecError
-from mlchaos_steps.stages import StageSpec, stage_class
+from mlchaos_steps.ledgers import default_ledger
+from mlchaos_steps.redaction import redact
+from mlchaos_steps.stages import stage_class
 
 log = logging.getLogger("mlchaos")
 
 Phase = Literal["snapshot", "inject", "verify", "restore"]
 PHASES: tuple[Phase, ...] = ("snapshot", "inject", "verify", "restore")
+FINISHED = (ExecutionStatus.RESTORED, ExecutionStatus.RESTORE_FAILED)
+PENDING_ACTIONS = (ActionState.PLANNED, ActionState.APPLIED, ActionState.UNDO_FAILED)
+SILENT = SilentObserver()
 
 
 @dataclass
@@ -90,12 +85,39 @@ def _journal(execution: Execution, ledger: Ledger) -> Path:
     return write_journal(execution, stage_class(execution.kind).title, ctx.run_dir / "journal.json")
 
 
-def _record(ledger: Ledger, run_key: str, phase: str, started: float, phase_status: str,
-            output: dict[str, Any] | None = None, error: str | None = None, **update: Any) -> Execution:
-    record = {"start": started, "end": time.time(), "status": phase_status, "output": redact(output or {})}
-    if error:
-        record["error"] = error
-    return ledger.update(run_key, phase=(phase, record), **update)
+class _PhaseRecord:
+    """What every phase does around its own work, written once: timing, the phase's entry in the ledger
+    (output redacted, error described) and the journal."""
+
+    def __init__(self, ledger: Ledger, run_key: str, phase: str) -> None:
+        self.ledger, self.run_key, self.phase = ledger, run_key, phase
+        self.started = time.time()
+
+    def write(self, phase_status: str, output: dict[str, Any] | None = None, error: str | None = None,
+              **update: Any) -> tuple[Execution, Path]:
+        record = {"start": self.started, "end": time.time(), "status": phase_status,
+                  "output": redact(output or {})}
+        if error:
+            record["error"] = error
+        execution = self.ledger.update(self.run_key, phase=(self.phase, record), **update)
+        return execution, _journal(execution, self.ledger)
+
+
+@contextmanager
+def _recording(ledger: Ledger, run_key: str, phase: str, *,
+               status_on_error: ExecutionStatus | None = None) -> Iterator[_PhaseRecord]:
+    """Time a phase; when its work raises, record the failure (and ``status_on_error``) and re-raise."""
+    record = _PhaseRecord(ledger, run_key, phase)
+    try:
+        yield record
+    except BaseException as exc:
+        if ledger.get(run_key) is not None:  # bad input in snapshot leaves no trace to record onto
+            record.write("failed", error=_describe(exc), status=status_on_error)
+        raise
+
+
+def _phase_ok(execution: Execution, phase: str) -> bool:
+    return bool(execution.phases.get(phase, {}).get("status") == "ok")
 
 
 def _ledger_spec(stage: StageSpec) -> dict[str, Any]:
@@ -111,102 +133,122 @@ def _same_spec(execution: Execution, stage: StageSpec) -> None:
         )
 
 
+def _resolve(model: str | None, version: str | None) -> ModelRef | None:
+    """``--model``/``--version`` as an exact version (an @alias resolved now), or None when not given."""
+    if model is None and version is None:
+        return None
+    if not model or not version:
+        raise SpecError("--model/--version", "give both the registered model name and its version (or @alias)")
+    from mlchaos_steps.targets.mlflow import resolve_version
+
+    return resolve_version(model, version, field="--version")
+
+
+def _verdict_target(stage: StageSpec, ctx: PhaseContext, model: str | None, version: str | None
+                    ) -> ModelRef | None:
+    """The one place the version a verdict goes onto is decided: the one recorded at snapshot, else
+    ``--model/--version``, else the version the stage itself works on (registry, canary)."""
+    recorded = ctx.execution.verdict_target if ctx.execution else None
+    return recorded or _resolve(model, version) or stage.model_ref(ctx)
+
+
 def run_phase(
     stage: StageSpec, phase: Phase, run_key: str, *, dry_run: bool = False, ledger: Ledger | None = None,
-    model: str | None = None, version: str | None = None, _hold_owner: bool = False,
+    model: str | None = None, version: str | None = None, observer: Observer = SILENT,
+    _hold_owner: bool = False,
 ) -> PhaseResult:
     """Run one phase of a stage under a run key. Safe to retry: a done phase is not done twice.
 
     ``model`` and ``version`` (a number or ``@alias``) name the MLflow model version the verdict is
     written onto after ``verify``; stages about a model version (registry, canary) default to theirs.
+    ``observer`` is told about the lifecycle (see :mod:`mlchaos_steps.engine.observers`).
     """
     if phase not in PHASES:
         raise SpecError("--phase", f"unknown phase {phase!r}: use one of {', '.join(PHASES)} or all")
     if not run_key:
         raise SpecError("--run-key", "is required to run a single phase: phases share state through it")
     if phase == "restore":
-        output = restore_run(run_key, ledger=ledger)
-        return PhaseResult("restore", run_key, "ok", output)
+        return PhaseResult("restore", run_key, "ok", restore_run(run_key, ledger=ledger, observer=observer))
     ledger = ledger or default_ledger()
     if dry_run:
         if phase != "snapshot":
             return PhaseResult(phase, run_key, "dry-run", {"note": "dry run: nothing to do after snapshot"})
-        plan = stage.plan(PhaseContext(run_key, ledger, None))
-        return PhaseResult("snapshot", run_key, "dry-run", redact(plan))
+        return PhaseResult("snapshot", run_key, "dry-run", redact(stage.plan(PhaseContext(run_key, ledger))))
     # "Already done?" is decided under the run key's lock, by whoever holds it: one run key, one execution.
     with run_key_lock(run_key):
         try:
-            if phase == "verify":
-                return _verify(stage, run_key, ledger, model, version)
             if phase == "snapshot":
-                return _snapshot(stage, run_key, ledger, model, version)
-            return _inject(stage, run_key, ledger)
+                return _snapshot(stage, run_key, ledger, _resolve(model, version), observer)
+            if phase == "inject":
+                return _inject(stage, run_key, ledger)
+            return _verify(stage, run_key, ledger, model, version, observer)
         finally:
             # Between phases nobody owns the run; `restore --orphaned` tells a crash by a dead owner.
             if not _hold_owner and ledger.get(run_key):
                 ledger.release_owner(run_key)
 
 
-def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = None,
-              version: str | None = None) -> PhaseResult:
+def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef | None, observer: Observer
+              ) -> PhaseResult:
     existing = ledger.get(run_key)
     if existing:
         _same_spec(existing, stage)
-        if existing.phases.get("snapshot", {}).get("status") == "ok":
+        if _phase_ok(existing, "snapshot"):
             return PhaseResult("snapshot", run_key, "skipped", {"note": "snapshot already taken under this run key"})
-        if existing.status == RESTORED:
+        if existing.status == ExecutionStatus.RESTORED:
             return PhaseResult("snapshot", run_key, "skipped", {"note": "this run key already finished"})
     check_kill_switch()
-    execution = ledger.create(run_key, stage.kind, stage.stage_id, _ledger_spec(stage))
+    ledger.create(run_key, stage.kind, stage.stage_id, _ledger_spec(stage))
     ledger.claim(run_key)
-    ctx = PhaseContext(run_key, ledger, execution)
-    started = time.time()
-    try:
-        with target_locks(stage.target_ids()):
-            for target_id in stage.target_ids():
-                ledger.acquire_lease(target_id, run_key)
-            output = stage.snapshot(ctx)
-            _mark_pending(stage, ctx, model, version)
-    except BaseException as exc:
-        # Snapshot changes nothing in the world: close the execution so the target is free again.
-        ledger.release_leases(run_key)
-        if isinstance(exc, SpecError) and existing is None and not ledger.actions(run_key):
-            ledger.discard(run_key)  # bad input is refused without a trace in the ledger
+    # A failed snapshot changed nothing in the world: the execution is closed (restored) at once.
+    with _recording(ledger, run_key, "snapshot", status_on_error=ExecutionStatus.RESTORED) as record:
+        try:
+            output = _take_snapshot(stage, PhaseContext(run_key, ledger, ledger.get(run_key)), target, observer)
+        except BaseException as exc:
+            ledger.release_leases(run_key)  # the target is free again
+            if isinstance(exc, SpecError) and existing is None and not ledger.actions(run_key):
+                ledger.discard(run_key)  # bad input is refused without a trace in the ledger
             raise
-        _record(ledger, run_key, "snapshot", started, "failed", error=_describe(exc), status=RESTORED)
-        _journal(ledger.get(run_key), ledger)  # type: ignore[arg-type]
-        raise
-    execution = _record(ledger, run_key, "snapshot", started, "ok", output, status=SNAPSHOTTED)
-    return PhaseResult("snapshot", run_key, "ok", output, journal=_journal(execution, ledger))
+        _, journal = record.write("ok", output, status=ExecutionStatus.SNAPSHOTTED)
+    return PhaseResult("snapshot", run_key, "ok", output, journal=journal)
+
+
+def _take_snapshot(stage: StageSpec, ctx: PhaseContext, target: ModelRef | None, observer: Observer
+                   ) -> dict[str, Any]:
+    with target_locks(stage.target_ids()):
+        for target_id in stage.target_ids():
+            ctx.ledger.acquire_lease(target_id, ctx.run_key)
+        output = stage.snapshot(ctx)
+        # Before anything breaks, the version the verdict goes onto learns that a run is in progress
+        # (the gate blocks), so a stale verdict of an earlier run can never stand for this one.
+        target = target or stage.model_ref(ctx)
+        if target is not None:
+            observer.started(stage, ctx, target)
+            ctx.set_verdict_target(target)
+    return output
 
 
 def _inject(stage: StageSpec, run_key: str, ledger: Ledger) -> PhaseResult:
     execution = ledger.get(run_key)
-    if execution is None or execution.phases.get("snapshot", {}).get("status") != "ok":
+    if execution is None or not _phase_ok(execution, "snapshot"):
         raise SpecError("--phase inject", f"no snapshot for run key {run_key!r}: run `--phase snapshot` first")
     _same_spec(execution, stage)
-    if execution.status in (RESTORED, RESTORE_FAILED):
+    if execution.status in FINISHED:
         raise SpecError("--run-key", f"run key {run_key!r} was already restored: use a new run key")
-    if ledger.actions(run_key) or execution.phases.get("inject", {}).get("status") == "ok":
+    if ledger.actions(run_key) or _phase_ok(execution, "inject"):
         return PhaseResult("inject", run_key, "skipped",
                            {"note": "already injected under this run key: retries never inject twice"})
     check_kill_switch()
     ledger.claim(run_key)
-    ctx = PhaseContext(run_key, ledger, execution)
-    started = time.time()
-    try:
+    with _recording(ledger, run_key, "inject") as record:
         with target_locks(stage.target_ids()):
-            output = stage.inject(ctx)
-    except BaseException as exc:
-        _record(ledger, run_key, "inject", started, "failed", error=_describe(exc))
-        _journal(ledger.get(run_key), ledger)  # type: ignore[arg-type]
-        raise
-    execution = _record(ledger, run_key, "inject", started, "ok", output, status=INJECTED)
-    return PhaseResult("inject", run_key, "ok", output, journal=_journal(execution, ledger))
+            output = stage.inject(PhaseContext(run_key, ledger, execution))
+        _, journal = record.write("ok", output, status=ExecutionStatus.INJECTED)
+    return PhaseResult("inject", run_key, "ok", output, journal=journal)
 
 
-def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = None,
-            version: str | None = None) -> PhaseResult:
+def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, version: str | None,
+            observer: Observer) -> PhaseResult:
     execution = ledger.get(run_key)
     if execution is None:
         raise SpecError("--phase verify", f"no execution for run key {run_key!r}: run snapshot and inject first")
@@ -216,124 +258,73 @@ def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None = 
         return PhaseResult("verify", run_key, "skipped", recorded.model_dump(mode="json"), verdict=recorded,
                            journal=_journal(execution, ledger))
     ledger.claim(run_key)
-    started = time.time()
-    error = None
-    if execution.phases.get("inject", {}).get("status") != "ok":
-        verdict = Verdict.inconclusive("the fault was not injected (inject did not complete), so nothing was tested")
-    else:
-        ctx = PhaseContext(run_key, ledger, execution)
-        try:
-            verdict = stage.verify(ctx)
-        except KillSwitchEngaged as exc:
-            error = str(exc)
-            verdict = Verdict.inconclusive(f"verification stopped: {exc}")
-        except Exception as exc:  # fail closed: an error while judging is never a pass
-            error = _describe(exc)
-            verdict = Verdict.inconclusive(f"verification could not finish: {exc}")
+    record = _PhaseRecord(ledger, run_key, "verify")
+    verdict, error = _judge(stage, PhaseContext(run_key, ledger, execution))
     # Reasons quote what the system said (exceptions, URLs, output): no secret leaves in them.
     verdict = verdict.model_copy(update={"reason": redact(verdict.reason), "evidence": redact(verdict.evidence)})
-    execution = _record(
-        ledger, run_key, "verify", started, "ok" if error is None else "failed",
-        verdict.model_dump(mode="json"), error=error,
-        status=VERIFIED if execution.status not in (RESTORED, RESTORE_FAILED) else None,
+    execution, journal = record.write(
+        "ok" if error is None else "failed", verdict.model_dump(mode="json"), error=error,
+        status=ExecutionStatus.VERIFIED if execution.status not in FINISHED else None,
         verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"),
     )
-    journal = _journal(execution, ledger)
-    ctx = PhaseContext(run_key, ledger, execution)
+    verdict = _tell_verdict(stage, PhaseContext(run_key, ledger, execution), verdict, journal, model, version,
+                            observer)
+    return PhaseResult("verify", run_key, "ok", verdict.model_dump(mode="json"), verdict=verdict,
+                       journal=_journal(ledger.get(run_key) or execution, ledger))
+
+
+def _judge(stage: StageSpec, ctx: PhaseContext) -> tuple[Verdict, str | None]:
+    """The stage's verdict, and the error that made it inconclusive (fail closed: an error is never a pass)."""
+    assert ctx.execution is not None
+    if not _phase_ok(ctx.execution, "inject"):
+        return Verdict.inconclusive("the fault was not injected (inject did not complete), so nothing was tested"), None
     try:
-        ref = _model_ref(stage, ctx, model, version)
-        if ref is not None or model is not None or _mlflow_configured():
-            execution = _report(stage, ctx, verdict, ref, journal)
-            journal = _journal(execution, ledger)
+        return stage.verify(ctx), None
+    except KillSwitchEngaged as exc:
+        return Verdict.inconclusive(f"verification stopped: {exc}"), str(exc)
+    except Exception as exc:
+        return Verdict.inconclusive(f"verification could not finish: {exc}"), _describe(exc)
+
+
+def _tell_verdict(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, journal: Path, model: str | None,
+                  version: str | None, observer: Observer) -> Verdict:
+    """Hand the verdict to the observer; if it cannot take it (MLflow down), the gate would see nothing,
+    so the verdict turns inconclusive."""
+    try:
+        target = _verdict_target(stage, ctx, model, version)
+        if target is not None:
+            ctx.set_verdict_target(target)
+        observer.judged(stage, ctx, verdict, target, journal)
+        return verdict
     except SpecError:
         raise
-    except Exception as exc:  # the verdict could not be recorded: the gate would see nothing, so fail closed
-        log.error("could not record the verdict of %s in MLflow: %s", run_key, exc)
+    except Exception as exc:
+        log.error("could not record the verdict of %s: %s", ctx.run_key, exc)
         verdict = Verdict.inconclusive(redact(f"the verdict ({verdict.status}) could not be recorded in MLflow: {exc}"),
                                        metrics=verdict.metrics, evidence=verdict.evidence)
-        execution = ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
-        journal = _journal(execution, ledger)
-    return PhaseResult("verify", run_key, "ok", verdict.model_dump(mode="json"), verdict=verdict, journal=journal)
+        ctx.ledger.update(ctx.run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
+        return verdict
 
 
-def _mlflow_configured() -> bool:
-    """Evidence runs are logged whenever a tracking server is configured, even with no model version."""
-    return bool(os.environ.get("MLFLOW_TRACKING_URI"))
-
-
-def _model_ref(stage: StageSpec, ctx: PhaseContext, model: str | None, version: str | None) -> Any:
-    if model is None and version is None:
-        return stage.model_ref(ctx)
-    if not model or not version:
-        raise SpecError("--model/--version", "give both the registered model name and its version (or @alias)")
-    from mlchaos_steps.targets.mlflow import resolve_version
-
-    return resolve_version(model, version, field="--version")
-
-
-def _mark_pending(stage: StageSpec, ctx: PhaseContext, model: str | None, version: str | None) -> None:
-    """Before anything breaks: the version the verdict goes onto says a run is in progress (the gate
-    blocks), so a stale verdict of an earlier run can never stand for this one."""
-    ref = _model_ref(stage, ctx, model, version)
-    if ref is None:
-        return
-    from mlchaos_steps.gate.verdicts import mark_pending
-
-    mark_pending(ref, stage.stage_id, ctx.run_key)
-    ctx.save(verdict_target={"name": ref.name, "version": ref.version})
-
-
-def _report(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, ref: Any, journal: Path) -> Execution:
-    """Log the evidence run and, when a model version is known, put the verdict tags on it; the evidence
-    run is finished last, so a gate never sees a verdict whose run does not stand behind it."""
-    from mlchaos_steps.gate.verdicts import finish_execution, log_execution, record_verdict
-
-    assert ctx.execution is not None
-    run_id = log_execution(stage.stage_id, stage.kind, ctx.execution.spec, verdict, ctx.run_key, journal, ref)
-    ctx.save(mlflow_run_id=run_id)
-    state: dict[str, Any] = {}
-    if ref is not None:
-        state["verdict_target"] = state["model_version"] = {"name": ref.name, "version": ref.version}
-        ctx.save(**state)
-        record_verdict(ref, stage.stage_id, verdict, run_id, ctx.run_key)
-    finish_execution(run_id, verdict)
-    return ctx.ledger.update(ctx.run_key, state=state)
-
-
-def restore_run(run_key: str, *, ledger: Ledger | None = None, wait_s: float | None = None) -> dict[str, Any]:
+def restore_run(run_key: str, *, ledger: Ledger | None = None, wait_s: float | None = None,
+                observer: Observer = SILENT) -> dict[str, Any]:
     """Undo everything the run broke, from the ledger alone. Idempotent; ignores the kill switch.
     ``wait_s``: how long to wait for the run key when another process is working on it."""
     ledger = ledger or default_ledger()
     with run_key_lock(run_key, wait_s):
-        return _restore(run_key, ledger)
+        return _restore(run_key, ledger, observer)
 
 
-def _restore(run_key: str, ledger: Ledger) -> dict[str, Any]:
+def _restore(run_key: str, ledger: Ledger, observer: Observer) -> dict[str, Any]:
     execution = ledger.get(run_key)
     if execution is None:
         return {"restored": 0, "note": f"nothing recorded under run key {run_key!r}"}
     cls = stage_class(execution.kind)
-    started = time.time()
-    done, errors = [], []
-    try:
-        target_ids = cls.model_validate(execution.spec).target_ids()
-    except Exception:  # a spec written by an older version: lock nothing rather than fail to restore
-        target_ids = []
-    with target_locks(target_ids):
+    record = _PhaseRecord(ledger, run_key, "restore")
+    with target_locks(_target_ids(cls, execution)):
         # Read what is pending only now, under the locks: never undo from a stale record.
-        execution = ledger.get(run_key) or execution
-        ctx = PhaseContext(run_key, ledger, execution)
-        pending = [a for a in ledger.actions(run_key) if a.state in (PLANNED, APPLIED, UNDO_FAILED)]
-        for action in reversed(pending):
-            try:
-                result = cls.restore_action(action, ctx)
-            except Exception as exc:
-                ledger.mark_action(action, UNDO_FAILED, error=str(exc))
-                errors.append(f"{action.kind} {action.target}: {exc}")
-                log.error("restore of %s %s failed: %s", action.kind, action.target, exc)
-            else:
-                ledger.mark_action(action, UNDONE)
-                done.append({"action": action.kind, "target": action.target, **result})
+        ctx = PhaseContext(run_key, ledger, ledger.get(run_key) or execution)
+        done, errors = _undo_actions(cls, ctx)
         checks: dict[str, Any] = {}
         if not errors and done:
             try:
@@ -341,42 +332,45 @@ def _restore(run_key: str, ledger: Ledger) -> dict[str, Any]:
             except Exception as exc:
                 errors.append(f"after restore: {exc}")
     output = {"restored": len(done), "actions": done, "errors": errors, **({"checks": checks} if checks else {})}
+    if not errors:
+        ledger.release_leases(run_key)
+    execution, journal = record.write(
+        "failed" if errors else "ok", output, error="; ".join(errors) or None,
+        status=ExecutionStatus.RESTORE_FAILED if errors else ExecutionStatus.RESTORED)
+    try:  # the version's restore tag stays `pending` if this fails: the gate blocks, the safe side
+        observer.restored(execution, not errors, journal)
+    except Exception as exc:
+        log.warning("could not report the restore of %s: %s", run_key, exc)
     if errors:
-        execution = _record(ledger, run_key, "restore", started, "failed", output, error="; ".join(errors),
-                            status=RESTORE_FAILED)
-        _record_restore(execution, restored=False)
-        _journal(execution, ledger)
         raise RestoreError(
             f"restore of run {run_key!r} is incomplete: {'; '.join(errors)}. Nothing was deleted; "
             f"fix the cause and run `mlchaos restore --run-key {run_key}` again"
         )
-    ledger.release_leases(run_key)
-    execution = _record(ledger, run_key, "restore", started, "ok", output, status=RESTORED)
-    _record_restore(execution, restored=True)
-    journal = _journal(execution, ledger)
-    if execution.state.get("mlflow_run_id"):
-        try:
-            from mlchaos_steps.gate.verdicts import upload_journal
-
-            upload_journal(execution.state["mlflow_run_id"], journal)
-        except Exception as exc:  # the evidence run keeps the journal as of verify
-            log.warning("could not upload the final journal of %s: %s", run_key, exc)
     return output
 
 
-def _record_restore(execution: Execution, restored: bool) -> None:
-    """Tell the version whether this run restored cleanly: a verdict counts for the gate only then."""
-    target = execution.state.get("verdict_target")
-    if not target:
-        return
+def _target_ids(cls: type[StageSpec], execution: Execution) -> list[str]:
     try:
-        from mlchaos_steps.gate.verdicts import record_restore
-        from mlchaos_steps.targets.mlflow import ModelRef
+        return cls.model_validate(execution.spec).target_ids()
+    except Exception:  # a spec written by an older version: lock nothing rather than fail to restore
+        return []
 
-        record_restore(ModelRef(target["name"], str(target["version"])), execution.stage_id, execution.run_key,
-                       restored, execution.verdict)
-    except Exception as exc:  # the tag stays `pending`: the gate blocks, which is the safe side
-        log.warning("could not record the restore of %s on %s: %s", execution.run_key, target, exc)
+
+def _undo_actions(cls: type[StageSpec], ctx: PhaseContext) -> tuple[list[dict[str, Any]], list[str]]:
+    """Undo every pending action, newest first; an action that fails stays pending for the next restore."""
+    done, errors = [], []
+    pending = [a for a in ctx.ledger.actions(ctx.run_key) if a.state in PENDING_ACTIONS]
+    for action in reversed(pending):
+        try:
+            result = cls.restore_action(action, ctx)
+        except Exception as exc:
+            ctx.ledger.mark_action(action, ActionState.UNDO_FAILED, error=str(exc))
+            errors.append(f"{action.kind} {action.target}: {exc}")
+            log.error("restore of %s %s failed: %s", action.kind, action.target, exc)
+        else:
+            ctx.ledger.mark_action(action, ActionState.UNDONE)
+            done.append({"action": action.kind, "target": action.target, **result})
+    return done, errors
 
 
 def open_runs(*, older_than_s: float = 3600.0, ledger: Ledger | None = None) -> list[dict[str, Any]]:
@@ -409,7 +403,8 @@ def open_runs(*, older_than_s: float = 3600.0, ledger: Ledger | None = None) -> 
     return found
 
 
-def restore_orphaned(*, older_than_s: float = 3600.0, ledger: Ledger | None = None) -> list[dict[str, Any]]:
+def restore_orphaned(*, older_than_s: float = 3600.0, ledger: Ledger | None = None,
+                     observer: Observer = SILENT) -> list[dict[str, Any]]:
     """Restore every run an earlier crash left unrestored (see :func:`open_runs`); returns what was done."""
     ledger = ledger or default_ledger()
     results = []
@@ -417,7 +412,8 @@ def restore_orphaned(*, older_than_s: float = 3600.0, ledger: Ledger | None = No
         if not entry["orphaned"]:
             continue
         try:
-            results.append({"run_key": entry["run_key"], **restore_run(entry["run_key"], ledger=ledger)})
+            results.append({"run_key": entry["run_key"],
+                            **restore_run(entry["run_key"], ledger=ledger, observer=observer)})
         except MlchaosError as exc:
             results.append({"run_key": entry["run_key"], "error": str(exc)})
     return results
@@ -425,7 +421,7 @@ def restore_orphaned(*, older_than_s: float = 3600.0, ledger: Ledger | None = No
 
 def run_stage(
     stage: StageSpec, run_key: str | None = None, *, dry_run: bool = False, ledger: Ledger | None = None,
-    model: str | None = None, version: str | None = None,
+    model: str | None = None, version: str | None = None, observer: Observer = SILENT,
 ) -> StageOutcome:
     """Run snapshot, inject and verify, then always restore. A finished run key returns its recorded verdict;
     a run key in progress in another process is waited for (``MLCHAOS_RUN_KEY_WAIT_S``), then the same."""
@@ -437,57 +433,68 @@ def run_stage(
         return StageOutcome(run_key, stage.stage_id, verdict, restored=True, phases=[plan])
     with run_key_lock(run_key):
         existing = ledger.get(run_key)
-        if existing and existing.status == RESTORED and existing.verdict_detail:
+        if existing and existing.status == ExecutionStatus.RESTORED and existing.verdict_detail:
             _same_spec(existing, stage)
             return StageOutcome(run_key, stage.stage_id, Verdict.model_validate(existing.verdict_detail), True,
                                 journal=_journal(existing, ledger))
-        return _run_all(stage, run_key, ledger, model, version)
+        return _run_all(stage, run_key, ledger, model, version, observer)
 
 
-def _run_all(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, version: str | None
-             ) -> StageOutcome:
+def _run_all(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, version: str | None,
+             observer: Observer) -> StageOutcome:
     results: list[PhaseResult] = []
     verdict: Verdict | None = None
-    restore_error = None
     interrupted: BaseException | None = None
     try:
-        if model or version:  # resolve an @alias once, before anything breaks
-            from mlchaos_steps.targets.mlflow import resolve_version
-
-            if not model or not version:
-                raise SpecError("--model/--version", "give both the registered model name and its version")
-            version = resolve_version(model, version, field="--version").version
-        for phase in ("snapshot", "inject", "verify"):
-            results.append(run_phase(stage, phase, run_key, ledger=ledger, model=model, version=version,
-                                     _hold_owner=True))
-        verdict = results[-1].verdict
-    except KillSwitchEngaged as exc:
-        verdict = Verdict.inconclusive(redact(f"stopped: {exc}"))
-    except SpecError:
-        raise
-    except Exception as exc:  # fail closed: anything unexpected is an infrastructure error, never a pass
-        log.error("stage %s run %s: %s", stage.stage_id, run_key, _describe(exc))
-        verdict = Verdict.inconclusive(redact(f"infrastructure error: {_describe(exc)}"))
+        verdict = _first_three(stage, run_key, ledger, _resolve(model, version), observer, results)
     except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into an exit: restore still runs
         interrupted = exc
         verdict = Verdict.inconclusive(f"interrupted ({type(exc).__name__}): the stage did not finish")
-    finally:
-        # The final verdict reaches the ledger before restore, which tells the model version about it.
-        current = ledger.get(run_key)
-        if verdict is not None and current and current.verdict != verdict.status:
-            ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
-        try:
-            results.append(PhaseResult("restore", run_key, "ok", restore_run(run_key, ledger=ledger)))
-        except MlchaosError as exc:
-            restore_error = str(exc)
-        if ledger.get(run_key):
-            ledger.release_owner(run_key)
-    assert verdict is not None
+    finally:  # bad input (SpecError) propagates, after restore
+        restore_error = _final_restore(run_key, ledger, verdict, observer, results)
     execution = ledger.get(run_key)
     journal = _journal(execution, ledger) if execution else None
     if interrupted is not None:
         raise interrupted
+    assert verdict is not None
     return StageOutcome(run_key, stage.stage_id, verdict, restore_error is None, restore_error, journal, results)
+
+
+def _first_three(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef | None, observer: Observer,
+                 results: list[PhaseResult]) -> Verdict:
+    """Snapshot, inject, verify. Anything unexpected is an infrastructure error, never a pass (fail closed);
+    bad input is raised. ``target`` was resolved once, before anything breaks."""
+    model, version = (target.name, target.version) if target else (None, None)
+    try:
+        for phase in ("snapshot", "inject", "verify"):
+            results.append(run_phase(stage, phase, run_key, ledger=ledger, model=model, version=version,
+                                     observer=observer, _hold_owner=True))
+    except KillSwitchEngaged as exc:
+        return Verdict.inconclusive(redact(f"stopped: {exc}"))
+    except SpecError:
+        raise
+    except Exception as exc:
+        log.error("stage %s run %s: %s", stage.stage_id, run_key, _describe(exc))
+        return Verdict.inconclusive(redact(f"infrastructure error: {_describe(exc)}"))
+    assert results[-1].verdict is not None
+    return results[-1].verdict
+
+
+def _final_restore(run_key: str, ledger: Ledger, verdict: Verdict | None, observer: Observer,
+                   results: list[PhaseResult]) -> str | None:
+    """Restore, always; returns the restore error, if any. The final verdict reaches the ledger first, so
+    restore tells the model version the verdict that stands."""
+    current = ledger.get(run_key)
+    if verdict is not None and current and current.verdict != verdict.status:
+        ledger.update(run_key, verdict=verdict.status, verdict_detail=verdict.model_dump(mode="json"))
+    try:
+        results.append(PhaseResult("restore", run_key, "ok", restore_run(run_key, ledger=ledger, observer=observer)))
+        return None
+    except MlchaosError as exc:
+        return str(exc)
+    finally:
+        if ledger.get(run_key):
+            ledger.release_owner(run_key)
 
 
 def _describe(exc: BaseException) -> str:

@@ -13,7 +13,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlchaos_steps.engine.probes import http_request
+from mlchaos_steps.core.probes import http_request
 
 
 def free_port() -> int:

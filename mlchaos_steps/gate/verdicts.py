@@ -19,7 +19,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlchaos_steps.engine.verdict import Verdict
+from mlchaos_steps import config
+from mlchaos_steps.core.context import run_dir_name
+from mlchaos_steps.core.records import EVIDENCE_RUN_ID, Execution, ExecutionStatus, Ledger
+from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.redaction import redact
 from mlchaos_steps.targets.mlflow import ModelRef, client, experiment_id
 
@@ -143,22 +146,18 @@ def record_restore(model: ModelRef, stage_id: str, run_key: str, restored: bool,
     return True
 
 
-def carry_verdict(execution: Any, model: ModelRef, ledger: Any) -> str:
+def carry_verdict(execution: Execution, model: ModelRef, ledger: Ledger) -> str:
     """Write the verdict of a finished execution onto a version registered after it ran (checkpoint-wipe
     before ``register``), with its evidence run (logged now if no tracking server was set then) and
     whether it restored. Returns the verdict."""
-    from mlchaos_steps import config
-    from mlchaos_steps.engine.context import run_dir_name
-    from mlchaos_steps.engine.ledger import RESTORED
-
     verdict = Verdict.model_validate(execution.verdict_detail)
-    run_id = execution.state.get("mlflow_run_id")
+    run_id = execution.evidence_run_id
     if not run_id:
         journal = config.home() / "runs" / run_dir_name(execution.run_key) / "journal.json"
         run_id = log_execution(execution.stage_id, execution.kind, execution.spec, verdict, execution.run_key,
                                journal, model)
         finish_execution(run_id, verdict)
-        ledger.update(execution.run_key, state={"mlflow_run_id": run_id})
+        ledger.update(execution.run_key, state={EVIDENCE_RUN_ID: run_id})
     record_verdict(model, execution.stage_id, verdict, run_id, execution.run_key,
-                   restored=execution.status == RESTORED)
+                   restored=execution.status == ExecutionStatus.RESTORED)
     return verdict.status

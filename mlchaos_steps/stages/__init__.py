@@ -18,8 +18,8 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from mlchaos_steps.core.spec import StageSpec
 from mlchaos_steps.errors import SpecError
-from mlchaos_steps.stages.base import StageSpec
 
 # kind -> "module:Class". Adding a stage: one module in this package and one line here.
 STAGE_KINDS: dict[str, str] = {

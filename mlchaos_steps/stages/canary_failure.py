@@ -28,13 +28,13 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mlchaos_steps.engine.context import PhaseContext, check_kill_switch
-from mlchaos_steps.engine.ledger import Action
-from mlchaos_steps.engine.probes import HttpSampler, http_request, sample_once, summarize
-from mlchaos_steps.engine.verdict import Verdict
+from mlchaos_steps.core.context import PhaseContext, check_kill_switch
+from mlchaos_steps.core.probes import HttpSampler, http_request, sample_once, summarize
+from mlchaos_steps.core.records import Action
+from mlchaos_steps.core.spec import StageSpec, StrictModel, version_or_alias
+from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
-from mlchaos_steps.stages.base import StageSpec, StrictModel, version_or_alias
-from mlchaos_steps.stages.pod_delete import ProcessSelector
+from mlchaos_steps.stages.parts import ProcessSelector
 
 POLL_S = 0.05
 BACKEND_HEADER = "x-mlchaos-backend"
@@ -153,8 +153,8 @@ class CanaryFailure(StageSpec):
         if any(s.ok and s.backend not in ("stable", "canary") for s in samples):
             raise SpecError("spec.router.url", f"{self.router.url} answered without an {BACKEND_HEADER} header of "
                                                f"stable or canary, so its traffic cannot be judged: {CONTRACT}")
-        ctx.save(model_version={"name": ref.name, "version": ref.version},
-                 champion_before=alias_version(ref.name, self.champion_alias),
+        ctx.set_model_version(ref)
+        ctx.save(champion_before=alias_version(ref.name, self.champion_alias),
                  canary_pids=self._canary_pids() if self.fault == "crash" else [], steady_before=steady)
         return {"candidate": ref.uri, "canary_weight": router["canary_weight"], "steady_state": steady}
 

@@ -33,12 +33,12 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from mlchaos_steps.engine.context import PhaseContext, check_kill_switch, run_dir_name
-from mlchaos_steps.engine.ledger import Action
-from mlchaos_steps.engine.processes import CommandResult, run_command, same_process, stop_process_group
-from mlchaos_steps.engine.verdict import Verdict
+from mlchaos_steps.core.context import PhaseContext, check_kill_switch, run_dir_name
+from mlchaos_steps.core.processes import CommandResult, run_command, same_process, stop_process_group
+from mlchaos_steps.core.records import Action
+from mlchaos_steps.core.spec import StageSpec, StrictModel
+from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
-from mlchaos_steps.stages.base import StageSpec, StrictModel
 from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore, check_store_url
 
 RESUME_KEY = "mlchaos_resumed_from_step"

@@ -26,11 +26,11 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
-from mlchaos_steps.engine.context import PhaseContext
-from mlchaos_steps.engine.ledger import Action
-from mlchaos_steps.engine.verdict import Verdict
+from mlchaos_steps.core.context import PhaseContext
+from mlchaos_steps.core.records import Action
+from mlchaos_steps.core.spec import StageSpec, StrictModel, version_or_alias
+from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
-from mlchaos_steps.stages.base import StageSpec, StrictModel, version_or_alias
 from mlchaos_steps.targets.files import file_digest
 
 
@@ -118,8 +118,8 @@ class RegistryArtifactRemoval(StageSpec):
                                           "was removed")
             backups.append({"rel": rel, "size": size, "digest": digest, "backup": local})
         ctx.ledger.store_backup(ctx.run_key, backup_root)  # MLflow ledger: the backup travels with the run
-        ctx.save(model_version={"name": ref.name, "version": ref.version}, artifact_uri=store.uri,
-                 champion_before=champion, backups=backups)
+        ctx.set_model_version(ref)
+        ctx.save(artifact_uri=store.uri, champion_before=champion, backups=backups)
         return {"model_version": ref.uri, "artifact_uri": store.uri, "files": len(backups),
                 "bytes": sum(b["size"] for b in backups), "champion": champion}
 
@@ -132,7 +132,7 @@ class RegistryArtifactRemoval(StageSpec):
         store = ArtifactStore(state["artifact_uri"])
         local = fsspec.filesystem("file")
         for backup in state["backups"]:
-            undo = {"artifact_uri": state["artifact_uri"], **backup, "model_version": state["model_version"]}
+            undo = {"artifact_uri": state["artifact_uri"], **backup, "model_version": ctx.model_version.as_dict()}
             with ctx.destructive("remove-artifact", f"{state['artifact_uri']}/{backup['rel']}", undo):
                 if file_digest(local, backup["backup"]) != backup["digest"]:
                     raise InfrastructureError(f"the backup of {backup['rel']} no longer matches its digest: "
@@ -145,11 +145,10 @@ class RegistryArtifactRemoval(StageSpec):
 
     def verify(self, ctx: PhaseContext) -> Verdict:
         from mlchaos_steps.gate.integrity import artifacts_intact
-        from mlchaos_steps.targets.mlflow import ModelRef
         from mlchaos_steps.verification import alias_unchanged, model_loads, serving_healthy
 
         state = ctx.state
-        ref = ModelRef(**state["model_version"])
+        ref = ctx.model_version
         if state.get("still_there"):
             return Verdict.inconclusive(
                 f"the artifact store reported the deletion but {len(state['still_there'])} file(s) are still there "

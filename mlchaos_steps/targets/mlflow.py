@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import os
 import posixpath
-from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
 from mlchaos_steps import config
+from mlchaos_steps.core.records import ModelRef
 from mlchaos_steps.errors import InfrastructureError, SpecError
 from mlchaos_steps.targets.files import copy_with_digest, file_digest
 
@@ -73,18 +73,6 @@ def is_unreachable(exc: BaseException) -> bool:
     text = f"{type(exc).__name__} {exc}"
     return any(s in text for s in ("ConnectionError", "Connection refused", "Max retries exceeded",
                                    "ConnectTimeout", "ReadTimeout", "API request to", "Failed to establish"))
-
-
-@dataclass(frozen=True)
-class ModelRef:
-    """One exact registered model version (aliases already resolved)."""
-
-    name: str
-    version: str
-
-    @property
-    def uri(self) -> str:
-        return f"models:/{self.name}/{self.version}"
 
 
 def resolve_version(name: str, version: str, field: str = "spec.version") -> ModelRef:

@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from mlchaos_steps import config
-from mlchaos_steps.engine.ledger import APPLIED, Action, Execution, Ledger
+from mlchaos_steps.core.records import (
+    EVIDENCE_RUN_ID,
+    MODEL_VERSION,
+    VERDICT_TARGET,
+    Action,
+    ActionState,
+    Execution,
+    Ledger,
+    ModelRef,
+)
 from mlchaos_steps.errors import KillSwitchEngaged
 from mlchaos_steps.redaction import redact
 
@@ -48,6 +57,21 @@ class PhaseContext:
         self.execution = self.ledger.update(self.run_key, state=redact(state))
 
     @property
+    def model_version(self) -> ModelRef | None:
+        """The model version a phase resolved (see :meth:`set_model_version`)."""
+        return self.execution.model_version if self.execution else None
+
+    def set_model_version(self, ref: ModelRef) -> None:
+        """Record the exact model version this stage works on: its verdict goes onto it by default."""
+        self.save(**{MODEL_VERSION: ref.as_dict()})
+
+    def set_verdict_target(self, ref: ModelRef) -> None:
+        self.save(**{VERDICT_TARGET: ref.as_dict()})
+
+    def set_evidence_run(self, run_id: str) -> None:
+        self.save(**{EVIDENCE_RUN_ID: run_id})
+
+    @property
     def run_dir(self) -> Path:
         path = config.home() / "runs" / run_dir_name(self.run_key)
         path.mkdir(parents=True, exist_ok=True)
@@ -64,4 +88,4 @@ class PhaseContext:
         check_kill_switch()
         action = self.ledger.plan_action(self.run_key, kind, target, undo)
         yield action
-        self.ledger.mark_action(action, APPLIED, undo=action.undo)
+        self.ledger.mark_action(action, ActionState.APPLIED, undo=action.undo)

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlchaos_steps.engine.ledger import default_ledger
-from mlchaos_steps.engine.phases import restore_run, run_phase
+from mlchaos_steps.api import restore_run, run_phase
+from mlchaos_steps.ledgers import default_ledger
 from mlchaos_steps.stages import parse_stage
 
 

@@ -3,7 +3,7 @@
 One MLflow run per stage execution in experiment ``mlchaos-ledger``; its tags hold the execution
 (JSON split into 8000-character tags, written in one ``log_batch``), each action, and the leases it
 holds. Backups are uploaded as the run's artifacts, so restore can run anywhere the server is
-reachable. Same interface as :class:`~mlchaos_steps.engine.ledger.SqliteLedger`.
+reachable. Same interface as :class:`~mlchaos_steps.ledgers.sqlite.SqliteLedger`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlchaos_steps.engine.ledger import CREATED, PLANNED, RESTORED, Action, Execution, _process_identity
+from mlchaos_steps.core.records import Action, ActionState, Execution, ExecutionStatus, process_identity
 from mlchaos_steps.errors import InfrastructureError, TargetBusy
 from mlchaos_steps.redaction import redact
 
@@ -94,14 +94,15 @@ class MlflowLedger:
             created = self.client.create_run(self.experiment_id, tags={
                 f"{P}run_key": run_key, "mlflow.runName": f"ledger {stage_id} {run_key}"[:250]})
             self._write(created.info.run_id, {
-                f"{P}kind": kind, f"{P}stage_id": stage_id, f"{P}status": CREATED, f"{P}created_at": now,
-                f"{P}updated_at": now, **_chunks("spec", spec), **_chunks("state", {}), **_chunks("phases", {}),
+                f"{P}kind": kind, f"{P}stage_id": stage_id, f"{P}status": ExecutionStatus.CREATED,
+                f"{P}created_at": now, f"{P}updated_at": now,
+                **_chunks("spec", spec), **_chunks("state", {}), **_chunks("phases", {}),
             })
             run = self.client.get_run(created.info.run_id)
         return self._execution(run)
 
     def claim(self, run_key: str) -> None:
-        pid, started = _process_identity()
+        pid, started = process_identity()
         self._write(self._required(run_key).info.run_id, {
             f"{P}owner_pid": str(pid), f"{P}owner_started": str(started), f"{P}owner_host": socket.gethostname()})
 
@@ -129,7 +130,7 @@ class MlflowLedger:
         tags: dict[str, str] = {f"{P}updated_at": str(time.time())}
         if status:
             tags[f"{P}status"] = status
-            if status == RESTORED:
+            if status == ExecutionStatus.RESTORED:
                 self.client.set_terminated(run.info.run_id, "FINISHED")
         if verdict:
             tags[f"{P}verdict"] = verdict
@@ -148,13 +149,13 @@ class MlflowLedger:
         return [self._execution(r) for r in runs if f"{P}kind" in r.data.tags]
 
     def open_executions(self) -> list[Execution]:
-        return [e for e in self.executions() if e.status != RESTORED]
+        return [e for e in self.executions() if e.status != ExecutionStatus.RESTORED]
 
     # -- actions ------------------------------------------------------------------------------------
     def plan_action(self, run_key: str, kind: str, target: str, undo: dict[str, Any]) -> Action:
         run = self._required(run_key)
         action_id = len(self.actions(run_key)) + 1
-        action = Action(action_id, run_key, kind, target, undo, PLANNED)
+        action = Action(action_id, run_key, kind, target, undo, ActionState.PLANNED)
         self._write(run.info.run_id, {f"{P}action.{action_id:05d}": self._action_json(action)})
         return action
 

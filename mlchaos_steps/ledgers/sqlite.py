@@ -1,4 +1,4 @@
-"""The write-ahead ledger: what every run broke, and everything needed to put it back.
+"""The embedded write-ahead ledger: what every run broke, and everything needed to put it back.
 
 One SQLite file under ``MLCHAOS_HOME``. Each destructive step is written as a ``planned`` action,
 with its undo record, *before* it is applied, then marked ``applied``; restore walks the actions in
@@ -9,18 +9,15 @@ process after a crash of any phase.
 from __future__ import annotations
 
 import json
-import os
 import sqlite3
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
-
-import psutil
+from typing import Any
 
 from mlchaos_steps import config
+from mlchaos_steps.core.records import Action, ActionState, Execution, ExecutionStatus, process_identity
 from mlchaos_steps.errors import InfrastructureError, TargetBusy
 from mlchaos_steps.redaction import redact
 
@@ -58,89 +55,6 @@ CREATE TABLE IF NOT EXISTS leases (
     acquired_at REAL NOT NULL
 );
 """
-
-# Execution statuses, in the order a healthy run moves through them.
-CREATED, SNAPSHOTTED, INJECTED, VERIFIED, RESTORED, RESTORE_FAILED = (
-    "created", "snapshotted", "injected", "verified", "restored", "restore_failed",
-)
-# Action states.
-PLANNED, APPLIED, UNDONE, UNDO_FAILED = "planned", "applied", "restored", "restore_failed"
-
-
-@dataclass
-class Action:
-    """One destructive step and how to undo it."""
-
-    id: int
-    run_key: str
-    kind: str
-    target: str
-    undo: dict[str, Any]
-    state: str
-    error: str | None = None
-
-
-@dataclass
-class Execution:
-    """One stage execution, keyed by its run key."""
-
-    run_key: str
-    kind: str
-    stage_id: str
-    spec: dict[str, Any]
-    status: str
-    verdict: str | None = None
-    verdict_detail: dict[str, Any] | None = None
-    state: dict[str, Any] = field(default_factory=dict)
-    phases: dict[str, Any] = field(default_factory=dict)
-    owner_pid: int | None = None
-    owner_started: float | None = None
-    created_at: float = 0.0
-    updated_at: float = 0.0
-    owner_host: str | None = None  # None: this machine
-
-
-def _process_identity() -> tuple[int, float]:
-    me = psutil.Process()
-    return me.pid, me.create_time()
-
-
-def owner_alive(pid: int | None, started: float | None) -> bool:
-    """Whether the process that last worked on an execution still runs (pid reuse checked)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return started is None or abs(proc.create_time() - started) < 0.5
-    except psutil.Error:
-        return False
-
-
-class Ledger(Protocol):
-    """What the engine needs from a ledger; ``SqliteLedger`` and ``MlflowLedger`` provide it."""
-
-    location: str
-
-    def get(self, run_key: str) -> Execution | None: ...
-    def create(self, run_key: str, kind: str, stage_id: str, spec: dict[str, Any]) -> Execution: ...
-    def claim(self, run_key: str) -> None: ...
-    def release_owner(self, run_key: str) -> None: ...
-    def discard(self, run_key: str) -> None: ...
-    def update(self, run_key: str, *, status: str | None = None, verdict: str | None = None,
-               verdict_detail: dict[str, Any] | None = None, state: dict[str, Any] | None = None,
-               phase: tuple[str, dict[str, Any]] | None = None) -> Execution: ...
-    def executions(self) -> list[Execution]: ...
-    def open_executions(self) -> list[Execution]: ...
-    def plan_action(self, run_key: str, kind: str, target: str, undo: dict[str, Any]) -> Action: ...
-    def mark_action(self, action: Action, state: str, *, error: str | None = None,
-                    undo: dict[str, Any] | None = None) -> None: ...
-    def actions(self, run_key: str) -> list[Action]: ...
-    def acquire_lease(self, target_id: str, run_key: str) -> None: ...
-    def release_leases(self, run_key: str) -> None: ...
-    def leases(self) -> dict[str, str]: ...
-    def store_backup(self, run_key: str, folder: Path) -> None: ...
-    def fetch_backup(self, run_key: str, folder: Path) -> None: ...
-
 
 class SqliteLedger:
     """The embedded ledger: ``$MLCHAOS_HOME/ledger.db``.
@@ -205,21 +119,22 @@ class SqliteLedger:
     def create(self, run_key: str, kind: str, stage_id: str, spec: dict[str, Any]) -> Execution:
         """Create the execution, or return the existing one for this run key (retries)."""
         now = time.time()
-        pid, started = _process_identity()
+        pid, started = process_identity()
         with self._transaction() as db:
             row = db.execute("SELECT * FROM executions WHERE run_key = ?", (run_key,)).fetchone()
             if row is None:
                 db.execute(
                     "INSERT INTO executions (run_key, kind, stage_id, spec_json, status, owner_pid,"
                     " owner_started, created_at, updated_at) VALUES (?,?,?,?,?,?,?,?,?)",
-                    (run_key, kind, stage_id, json.dumps(redact(spec)), CREATED, pid, started, now, now),
+                    (run_key, kind, stage_id, json.dumps(redact(spec)), ExecutionStatus.CREATED, pid, started, now,
+                     now),
                 )
                 row = db.execute("SELECT * FROM executions WHERE run_key = ?", (run_key,)).fetchone()
         return _execution(row)
 
     def claim(self, run_key: str) -> None:
         """Record this process as the one working on the execution (for orphan detection)."""
-        pid, started = _process_identity()
+        pid, started = process_identity()
         with self._transaction() as db:
             db.execute(
                 "UPDATE executions SET owner_pid = ?, owner_started = ?, updated_at = ? WHERE run_key = ?",
@@ -279,7 +194,7 @@ class SqliteLedger:
 
     def open_executions(self) -> list[Execution]:
         """Executions that may still have something broken: not yet restored."""
-        return [e for e in self.executions() if e.status != RESTORED]
+        return [e for e in self.executions() if e.status != ExecutionStatus.RESTORED]
 
     # -- actions (write-ahead) --------------------------------------------------------------------
     def plan_action(self, run_key: str, kind: str, target: str, undo: dict[str, Any]) -> Action:
@@ -289,11 +204,11 @@ class SqliteLedger:
             cur = db.execute(
                 "INSERT INTO actions (run_key, kind, target, undo_json, state, created_at, updated_at)"
                 " VALUES (?,?,?,?,?,?,?)",
-                (run_key, kind, target, json.dumps(undo), PLANNED, now, now),
+                (run_key, kind, target, json.dumps(undo), ActionState.PLANNED, now, now),
             )
             action_id = cur.lastrowid
         assert action_id is not None
-        return Action(action_id, run_key, kind, target, undo, PLANNED)
+        return Action(action_id, run_key, kind, target, undo, ActionState.PLANNED)
 
     def mark_action(
         self, action: Action, state: str, *, error: str | None = None, undo: dict[str, Any] | None = None
@@ -357,18 +272,3 @@ def _execution(row: sqlite3.Row) -> Execution:
         created_at=row["created_at"],
         updated_at=row["updated_at"],
     )
-
-
-def default_ledger() -> Ledger:
-    """The ledger selected by ``MLCHAOS_LEDGER``: ``sqlite`` (default, under MLCHAOS_HOME) or ``mlflow``
-    (the tracking server, so phases in separate pods share state)."""
-    kind = os.environ.get("MLCHAOS_LEDGER", "sqlite")
-    if kind == "sqlite":
-        return SqliteLedger()
-    if kind == "mlflow":
-        from mlchaos_steps.engine.mlflow_ledger import MlflowLedger
-
-        return MlflowLedger()
-    from mlchaos_steps.errors import SpecError
-
-    raise SpecError("MLCHAOS_LEDGER", f"{kind!r} is not a ledger: use 'sqlite' or 'mlflow'")

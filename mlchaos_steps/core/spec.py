@@ -12,10 +12,9 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel, ConfigDict
 
 if TYPE_CHECKING:
-    from mlchaos_steps.engine.context import PhaseContext
-    from mlchaos_steps.engine.ledger import Action
-    from mlchaos_steps.engine.verdict import Verdict
-    from mlchaos_steps.targets.mlflow import ModelRef
+    from mlchaos_steps.core.context import PhaseContext
+    from mlchaos_steps.core.records import Action, ModelRef
+    from mlchaos_steps.core.verdict import Verdict
 
 
 class StrictModel(BaseModel):
@@ -70,10 +69,7 @@ class StageSpec(BaseModel):
 
     def model_ref(self, ctx: PhaseContext) -> ModelRef | None:
         """The exact model version the verdict goes onto, once a phase resolved one into the state."""
-        from mlchaos_steps.targets.mlflow import ModelRef
-
-        ref = ctx.state.get("model_version")
-        return ModelRef(ref["name"], ref["version"]) if ref else None
+        return ctx.model_version
 
     def target_ids(self) -> list[str]:
         """Stable names of what this stage breaks, for the per-target lease and file lock."""
