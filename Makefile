@@ -27,7 +27,7 @@ bench: setup
 	$(BIN)/python benchmarks/run.py
 
 lint: setup
-	$(BIN)/ruff check mlchaos_steps tests benchmarks
+	$(BIN)/ruff check mlchaos_steps tests benchmarks dags
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -68,6 +68,7 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="run the stages against example workloads on this machine")
     demo.add_argument("--broken", action="store_true", help="use the deliberately broken workloads")
     demo.add_argument("--workdir", help="where the demo keeps its files (default: a temporary folder)")
+    demo.add_argument("--dags", help="the folder of example DAG files (default: dags/ of this clone)")
     return parser
 
 
@@ -205,7 +206,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mlchaos_steps.demo import run_demo
 
-    return run_demo(broken=args.broken, workdir=args.workdir)
+    return run_demo(broken=args.broken, workdir=args.workdir, dags=args.dags)
 
 
 class Terminated(KeyboardInterrupt):

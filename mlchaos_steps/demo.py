@@ -1,4 +1,7 @@
-"""``mlchaos demo``: the example retraining and deployment DAGs, run by Airflow's ``dag.test()``.
+"""``mlchaos demo``: the DAG files of ``dags/`` (retraining and deployment), run by Airflow's ``dag.test()``.
+
+The files are loaded with one DagBag, as Airflow's DAG processor would, and run with their params given
+as run conf (the folders, the model, free ports, and ``broken``).
 
 Everything is local: an Airflow home under ``$MLCHAOS_HOME/airflow`` (SQLite, migrated on first use),
 the embedded MLflow (unless ``MLFLOW_TRACKING_URI`` is set), real processes for serving. Healthy
@@ -21,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from mlchaos_steps import config
+from mlchaos_steps.errors import SpecError
 from mlchaos_steps.examples.workloads import free_port_block
 
 STAGE_GROUPS = {
@@ -29,47 +33,55 @@ STAGE_GROUPS = {
 }
 
 
-def run_demo(broken: bool = False, workdir: str | None = None) -> int:
+DAGS = Path(__file__).resolve().parents[1] / "dags"
+
+
+def run_demo(broken: bool = False, workdir: str | None = None, dags: str | Path | None = None) -> int:
     console = Console()
     root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="mlchaos-demo-"))
     root.mkdir(parents=True, exist_ok=True)
+    folder = Path(dags) if dags else DAGS
+    if not all((folder / f"{dag_id}.py").is_file() for dag_id in STAGE_GROUPS):
+        raise SpecError("--dags", f"{folder} does not hold {' and '.join(STAGE_GROUPS)}: run the demo from a "
+                                  "clone of the repository, or give its dags/ folder")
     airflow_home = config.home() / "airflow"
     first_use = not (airflow_home / "airflow.db").exists()
     # Airflow's own task logs (tracebacks of the failing verify tasks included) would drown the summary.
     os.environ.setdefault("AIRFLOW__LOGGING__LOGGING_LEVEL", "CRITICAL")
     config.configure_airflow_home(airflow_home)  # before anything imports airflow
     model = f"demo-churn-{uuid.uuid4().hex[:6]}"
-    os.environ.update({"MLCHAOS_EXAMPLE_DIR": str(root), "MLCHAOS_EXAMPLE_MODEL": model,
-                       "MLCHAOS_EXAMPLE_PORT_BASE": str(free_port_block()),
-                       "MLCHAOS_EXAMPLE_BROKEN": "1" if broken else "0"})
+    port = free_port_block()
+    # The DAGs' params, as run conf: the same DAG files run for anyone, on any ports and folders.
+    conf = {"workdir": str(root), "model": model, "broken": broken, "router_port": port, "serving_port": port + 3}
 
-    from mlchaos_steps.airflow.local_run import migrate, run_dag, task_states
+    from mlchaos_steps.airflow.local_run import load_dags, migrate, run_dag, task_states
     from mlchaos_steps.core.records import ExecutionStatus
-    from mlchaos_steps.examples.pipeline import deployment_dag, retraining_dag
     from mlchaos_steps.ledgers import default_ledger
     from mlchaos_steps.targets.mlflow import alias_version, tracking_uri
 
     label = "broken" if broken else "healthy"
-    console.print(f"[bold]mlchaos demo[/] ({label} workloads): Airflow home {airflow_home}, MLflow {tracking_uri()}, "
-                  f"files in {root}")
+    console.print(f"[bold]mlchaos demo[/] ({label} workloads): DAGs in {folder}, Airflow home {airflow_home}, "
+                  f"MLflow {tracking_uri()}, files in {root}")
     if first_use:
         console.print("migrating the Airflow metadata database (first use) ...")
     migrate()
+    found = load_dags(folder)
 
     results: list[dict[str, Any]] = []
     gates: dict[str, str] = {}
     ledger = default_ledger()
-    for build in (retraining_dag, deployment_dag):
-        dag = build()
-        console.print(f"running DAG [bold]{dag.dag_id}[/] with dag.test() ...")
-        run = run_dag(dag)
+    for dag_id, groups in STAGE_GROUPS.items():
+        dag = found[dag_id]
+        console.print(f"running DAG [bold]{dag_id}[/] ({folder / (dag_id + '.py')}) with dag.test() ...")
+        run_conf = {k: v for k, v in conf.items() if k in dag.params}
+        run = run_dag(dag, run_conf=run_conf)
         states = task_states(run)
-        gates[dag.dag_id] = states.get("gate", "?")
-        for group in STAGE_GROUPS[dag.dag_id]:
-            execution = ledger.get(f"{dag.dag_id}/{run.run_id}/{group}")
+        gates[dag_id] = states.get("gate", "?")
+        for group in groups:
+            execution = ledger.get(f"{dag_id}/{run.run_id}/{group}")
             detail = execution.verdict_detail if execution else None
             results.append({
-                "dag": dag.dag_id, "stage": group,
+                "dag": dag_id, "stage": group,
                 "verdict": execution.verdict if execution and execution.verdict else "not run",
                 "why": (detail or {}).get("reason") or f"{group}.snapshot: {states.get(f'{group}.snapshot')}",
                 "restored": ("n/a" if execution is None else

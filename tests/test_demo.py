@@ -19,6 +19,8 @@ def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path
     assert "everything restored" in proc.stdout
     assert "promotion gate in retraining_with_chaos: promoted" in proc.stdout
     assert "promotion gate in deployment_with_chaos: promoted" in proc.stdout
+    assert "(promoted by the gate)" in proc.stdout
+    assert str(Path(__file__).resolve().parents[1] / "dags") in proc.stdout  # the files of dags/ themselves
     rows = json.loads(mlchaos("ledger", "--json").stdout)
     assert {r["stage"]: r["verdict"] for r in rows} == dict.fromkeys(STAGES, "passed")
     assert {r["status"] for r in rows} == {"restored"}

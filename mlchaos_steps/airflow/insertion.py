@@ -40,10 +40,10 @@ def insert_chaos(dag: Any, after: str, stage: StageSpec | dict[str, Any] | str |
     Example::
 
         from dags.plain_training import dag
-        insert_chaos(dag, after="train", before="evaluate", stage="stages/wipe.yaml")
+        insert_chaos(dag, after="train", before="evaluate", stage=STAGES / "checkpoint_wipe.yaml")
     """
     where = f"DAG {dag.dag_id}: insert_chaos"
-    spec = load_stage_spec(stage, where)
+    spec, _ = load_stage_spec(stage, where, dag)
     sources = _endpoints(dag, after, "after", leaves=True)
     if before is not None:
         targets = _endpoints(dag, before, "before", leaves=False)
@@ -58,7 +58,7 @@ def insert_chaos(dag: Any, after: str, stage: StageSpec | dict[str, Any] | str |
     gid = group_id or spec.stage_id
     if gid in dag.task_group.get_task_group_dict() or any(t.startswith(f"{gid}.") for t in dag.task_dict):
         raise SpecError(f"{where} group_id", f"{gid!r} is already used in the DAG: pass another group_id")
-    chaos = ChaosStage(spec, model=model, version=version, group_id=gid, mlflow_conn_id=mlflow_conn_id, dag=dag)
+    chaos = ChaosStage(stage, model=model, version=version, group_id=gid, mlflow_conn_id=mlflow_conn_id, dag=dag)
     for source in sources:
         source >> chaos
     for source, target in edges:

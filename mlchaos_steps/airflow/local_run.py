@@ -13,7 +13,19 @@ from mlchaos_steps.config import configure_airflow_home
 
 BUNDLE = "mlchaos-local"
 
-__all__ = ["BUNDLE", "configure_airflow_home", "migrate", "run_dag", "task_states"]
+__all__ = ["BUNDLE", "configure_airflow_home", "load_dags", "migrate", "run_dag", "task_states"]
+
+
+def load_dags(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """Every DAG of a folder, loaded by one DagBag as Airflow's DAG processor would; an import error in
+    any file is raised, naming the file."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    bag = DagBag(dag_folder=str(folder), safe_mode=False)
+    if bag.import_errors:
+        path, error = sorted(bag.import_errors.items())[0]
+        raise RuntimeError(f"{path} does not import: {error}")
+    return dict(bag.dags)
 
 
 def migrate(reset: bool = False) -> None:

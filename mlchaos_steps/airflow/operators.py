@@ -55,7 +55,7 @@ class ChaosPhaseOperator(BaseOperator):
     ``verify`` fails the task (no retry) when the verdict is ``failed`` or ``inconclusive``.
     """
 
-    template_fields: Sequence[str] = ("model", "version")
+    template_fields: Sequence[str] = ("stage_document", "model", "version")
     ui_color = "#fbe3e4"
 
     def __init__(self, *, stage_document: dict[str, Any], phase: str, stage_key: str, model: str | None = None,

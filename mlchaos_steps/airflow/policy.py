@@ -55,11 +55,11 @@ def apply_declared_chaos(dag: Any) -> list[str]:
         stage = declaration["stage"]
         if isinstance(stage, str):
             stage = base / stage
-        spec = load_stage_spec(stage, f"DAG {dag.dag_id}: {PARAM}[{i}]")
+        spec, _ = load_stage_spec(stage, f"DAG {dag.dag_id}: {PARAM}[{i}]", dag)
         group_id = declaration.get("group_id") or spec.stage_id
         if group_id in existing:
             continue  # already inserted: Airflow may apply the policy to the same DAG object twice
-        chaos = insert_chaos(dag, after=declaration["after"], before=declaration.get("before"), stage=spec,
+        chaos = insert_chaos(dag, after=declaration["after"], before=declaration.get("before"), stage=stage,
                              model=declaration.get("model"), version=declaration.get("version"), group_id=group_id)
         inserted.append(chaos.group_id)
     return inserted

@@ -109,38 +109,47 @@ def run_command(argv: list[str], *, env: dict[str, str] | None = None, cwd: str 
     readers = [_Reader(proc.stdout), _Reader(proc.stderr)]
     for reader in readers:
         reader.start()
-    timed_out = False
-    aborted = True  # until the loop ends normally: the kill switch, or our own SIGTERM, stopped us
+    timed_out, aborted = False, True  # aborted until the wait ends normally (kill switch, our own SIGTERM)
     try:
         if on_start is not None:
             on_start(proc.pid)
-        deadline = started + timeout_s
-        while proc.poll() is None:
-            if on_tick is not None:
-                on_tick()
-            if time.monotonic() > deadline:
-                timed_out = True
-                break
-            try:
-                proc.wait(timeout=POLL_S)
-            except subprocess.TimeoutExpired:
-                pass
+        timed_out = _wait(proc, started + timeout_s, on_tick)
         aborted = False
     finally:
         # Whatever happened (exit, time-out, kill switch, SIGTERM of our own process), nothing of the
         # command's group may keep running: it would write into what restore is about to put back.
         # When the stage is being stopped, not even a SIGTERM handler of the command gets to write.
-        leftovers = stop_process_group(proc.pid, grace_s=0 if aborted else TERM_GRACE_S)
-        try:
-            proc.wait(timeout=2)
-        except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent; the kernel reaps it
-            pass
-        for reader in readers:
-            reader.join(timeout=READ_GRACE_S)
-        for stream in (proc.stdout, proc.stderr):
-            try:
-                stream.close()  # type: ignore[union-attr]
-            except OSError:
-                pass
+        leftovers = _reap(proc, readers, grace_s=0 if aborted else TERM_GRACE_S)
     return CommandResult(None if timed_out else proc.returncode, readers[0].text(), readers[1].text(), timed_out,
                          round(time.monotonic() - started, 3), leftovers)
+
+
+def _wait(proc: subprocess.Popen[bytes], deadline: float, on_tick: Callable[[], None] | None) -> bool:
+    """Wait for the process to exit, ticking; True when the deadline passed first."""
+    while proc.poll() is None:
+        if on_tick is not None:
+            on_tick()
+        if time.monotonic() > deadline:
+            return True
+        try:
+            proc.wait(timeout=POLL_S)
+        except subprocess.TimeoutExpired:
+            pass
+    return False
+
+
+def _reap(proc: subprocess.Popen[bytes], readers: list[_Reader], grace_s: float) -> bool:
+    """Stop the command's process group, collect its output; True when something was left to stop."""
+    leftovers = stop_process_group(proc.pid, grace_s=grace_s)
+    try:
+        proc.wait(timeout=2)
+    except subprocess.TimeoutExpired:  # pragma: no cover - SIGKILL was sent; the kernel reaps it
+        pass
+    for reader in readers:
+        reader.join(timeout=READ_GRACE_S)
+    for stream in (proc.stdout, proc.stderr):
+        try:
+            stream.close()  # type: ignore[union-attr]
+        except OSError:
+            pass
+    return leftovers

@@ -102,6 +102,15 @@ def newest_intact_with_source(store: Path, mirror: Path | None = None):
     return None, None
 
 
+def _flag(value: str) -> bool:
+    """``--broken``, ``--broken=True`` or ``--broken=false`` (as a DAG param renders into a command)."""
+    if value.lower() in ("true", "1", "yes"):
+        return True
+    if value.lower() in ("false", "0", "no"):
+        return False
+    raise argparse.ArgumentTypeError(f"{value!r} is neither true nor false")
+
+
 def broken_resume(store: Path):
     """The bug: trust ``latest`` blindly; start from zero when it names a missing checkpoint."""
     pointer = store / "latest"
@@ -117,13 +126,29 @@ def broken_resume(store: Path):
     return pickle.loads((path / "model.pkl").read_bytes())
 
 
+def _resume(store: Path, mirror: Path | None, broken: bool) -> dict | None:
+    """Load the state to resume from, and report the step on standard output (the resume contract)."""
+    if broken:
+        state = broken_resume(store)
+        if state is None:
+            print(json.dumps({"mlchaos_resumed_from_step": 0}), flush=True)
+        return state
+    state, source = newest_intact_with_source(store, mirror)
+    report = {"mlchaos_resumed_from_step": int(state["step"]) if state else 0}
+    if source is not None:
+        report["source"] = str(source)
+    print(json.dumps(report), flush=True)
+    return state
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--store", type=Path, help="the checkpoint folder (required unless --check)")
     parser.add_argument("--steps", type=int, default=500, help="train until this step")
     parser.add_argument("--checkpoint-every", type=int, default=100)
     parser.add_argument("--resume", action="store_true")
-    parser.add_argument("--broken", action="store_true", help="resume the wrong way (see module doc)")
+    parser.add_argument("--broken", nargs="?", const="true", default="false", type=_flag,
+                        help="resume the wrong way (see module doc); --broken=False is the healthy resume")
     parser.add_argument("--no-save", action="store_true", help="train without writing checkpoints")
     parser.add_argument("--step-seconds", type=float, default=0.0, help="pretend each step takes this long")
     parser.add_argument("--mirror", type=Path, help="a second tier holding copies of the checkpoints")
@@ -138,16 +163,7 @@ def main(argv: list[str] | None = None) -> int:
 
     model, start = _new_model(), 0
     if args.resume:
-        if args.broken:
-            state = broken_resume(args.store)
-            if state is None:
-                print(json.dumps({"mlchaos_resumed_from_step": 0}), flush=True)
-        else:
-            state, source = newest_intact_with_source(args.store, args.mirror)
-            report = {"mlchaos_resumed_from_step": int(state["step"]) if state else 0}
-            if source is not None:
-                report["source"] = str(source)
-            print(json.dumps(report), flush=True)
+        state = _resume(args.store, args.mirror, broken=args.broken)
         if state is not None:
             model, start = state["model"], int(state["step"])
 

@@ -298,6 +298,27 @@ class CheckpointWipe(StageSpec):
                                   evidence={"command": self.resume.command})
         return self.judge(state, result)
 
+    def _resume_went_wrong(self, result: CommandResult, reports: list[ResumeReport], victims: dict[int, Any],
+                           evidence: dict[str, Any]) -> str | None:
+        """Why the resume failed whatever step it reached: it timed out, contradicted itself, loaded a
+        checkpoint this stage damaged, or exited non-zero."""
+        if result.timed_out:
+            return f"training did not finish resuming within {self.resume.timeout_s:g}s"
+        steps = sorted({r.step for r in reports})
+        if len(steps) > 1:
+            return (f"the resume reports contradict each other (steps {', '.join(map(str, steps))}): "
+                    "one process claimed one checkpoint and another loaded a different one")
+        last = reports[-1] if reports else None
+        if last is not None and last.step in victims:
+            intact_copy, why = self._intact_copy(last, victims[last.step])
+            evidence["intact_copy"] = why
+            if not intact_copy:
+                return (f"training resumed from step {last.step}, a checkpoint this stage wiped "
+                        f"({self.mode}): the damage went undetected ({why})")
+        if result.exit_code != 0:
+            return f"the resume command exited with code {result.exit_code}"
+        return None
+
     def judge(self, state: dict[str, Any], result: CommandResult) -> Verdict:
         """The verdict over what the resume command did and reported, against what snapshot recorded."""
         victims = {v["step"]: v for v in state["victims"]}
@@ -317,20 +338,9 @@ class CheckpointWipe(StageSpec):
         def failed(reason: str) -> Verdict:
             return Verdict.failed(reason, metrics=metrics, evidence=evidence)
 
-        if result.timed_out:
-            return failed(f"training did not finish resuming within {self.resume.timeout_s:g}s")
-        steps = sorted({r.step for r in reports})
-        if len(steps) > 1:
-            return failed(f"the resume reports contradict each other (steps {', '.join(map(str, steps))}): "
-                          "one process claimed one checkpoint and another loaded a different one")
-        if last is not None and last.step in victims:
-            intact_copy, why = self._intact_copy(last, victims[last.step])
-            evidence["intact_copy"] = why
-            if not intact_copy:
-                return failed(f"training resumed from step {last.step}, a checkpoint this stage wiped "
-                              f"({self.mode}): the damage went undetected ({why})")
-        if result.exit_code != 0:
-            return failed(f"the resume command exited with code {result.exit_code}")
+        reason = self._resume_went_wrong(result, reports, victims, evidence)
+        if reason:
+            return failed(reason)
         if last is None:
             return Verdict.inconclusive(
                 f"the resume command did not report where it resumed: print a JSON line "
