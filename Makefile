@@ -14,8 +14,12 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	touch $(STAMP)
 
+# Tests run side by side in 4 processes (pytest-xdist): most of them wait on servers, recoveries and
+# SLO windows, so 4 workers keep 2 cores busy. TEST_WORKERS=0 runs them in this process, one by one.
+TEST_WORKERS ?= 4
+
 test: setup
-	$(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/mlchaos demo

@@ -117,6 +117,43 @@ def mlchaos_json(*args: str, **kw: Any) -> tuple[int, Any]:
     return proc.returncode, json.loads(proc.stdout)
 
 
+def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    """The CLI's own ``main()`` in this process: the same parsing, output and exit codes as the
+    ``mlchaos`` command without starting an interpreter. Tests about processes (signals, crashes,
+    phases in separate processes, what reaches a log) use :func:`mlchaos`."""
+    import io
+    import logging
+    import signal
+    from contextlib import redirect_stderr, redirect_stdout
+
+    from mlchaos_steps.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    saved_env, saved_sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    root = logging.getLogger()
+    saved_handlers, saved_level = list(root.handlers), root.level
+    os.environ.update(env or {})
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            try:
+                code = main(list(args))
+            except SystemExit as exc:  # argparse's usage errors
+                code = exc.code if isinstance(exc.code, int) else 2
+    finally:
+        signal.signal(signal.SIGTERM, saved_sigterm)
+        os.environ.clear()
+        os.environ.update(saved_env)
+        root.handlers[:] = saved_handlers
+        root.setLevel(saved_level)
+    return subprocess.CompletedProcess(["mlchaos", *args], code, out.getvalue(), err.getvalue())
+
+
+def cli_json(*args: str, **kw: Any) -> tuple[int, Any]:
+    proc = cli(*args, "--json", **kw)
+    assert proc.stdout.strip(), f"no output; stderr: {proc.stderr}"
+    return proc.returncode, json.loads(proc.stdout)
+
+
 def replica_pids(server: workloads.ExampleServer) -> list[int]:
     return server.replica_pids()
 

@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import mlchaos, pod_doc, replica_pids, tree_digests, wipe_doc, write_stage
+from conftest import cli, pod_doc, replica_pids, tree_digests, wipe_doc, write_stage
 
 from mlchaos_steps.errors import SpecError
 from mlchaos_steps.examples.workloads import ExampleServer
@@ -16,7 +16,7 @@ from mlchaos_steps.stages import parse_stage, stage_schema
 
 
 def _assert_refused(stage_file: Path, field: str, *extra: str) -> str:
-    proc = mlchaos("run", str(stage_file), *extra)
+    proc = cli("run", str(stage_file), *extra)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert field in proc.stderr, proc.stderr
     return proc.stderr
@@ -122,15 +122,15 @@ def test_inject_without_snapshot_is_refused(store: Path, tmp_path: Path) -> None
 def test_run_key_reused_for_another_spec_is_refused(store: Path, tmp_path: Path) -> None:
     first = write_stage(tmp_path / "a.yaml", wipe_doc(store, "delete-latest"))
     other = write_stage(tmp_path / "b.yaml", wipe_doc(store, "truncate-latest"))
-    assert mlchaos("run", str(first), "--phase", "snapshot", "--run-key", "shared").returncode == 0
+    assert cli("run", str(first), "--phase", "snapshot", "--run-key", "shared").returncode == 0
     _assert_refused(other, "--run-key", "--phase", "snapshot", "--run-key", "shared")
-    assert mlchaos("restore", "--run-key", "shared").returncode == 0
+    assert cli("restore", "--run-key", "shared").returncode == 0
 
 
 def test_allowlist_refuses_stores_outside_it(store: Path, tmp_path: Path) -> None:
     elsewhere = tmp_path / "allowed-only-here"
     elsewhere.mkdir()
-    proc = mlchaos("run", str(write_stage(tmp_path / "w.yaml", wipe_doc(store))),
+    proc = cli("run", str(write_stage(tmp_path / "w.yaml", wipe_doc(store))),
                    env={"MLCHAOS_ALLOWED_PATHS": str(elsewhere)})
     assert proc.returncode == 2 and "MLCHAOS_ALLOWED_PATHS" in proc.stderr
 
@@ -145,7 +145,7 @@ def test_python_api_raises_spec_error_naming_the_field(store: Path) -> None:
 
 
 def test_schema_command_prints_every_kind() -> None:
-    proc = mlchaos("schema")
+    proc = cli("schema")
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
     assert {v["title"] for v in schema["oneOf"]} == {"CheckpointWipe", "PodDelete", "RegistryArtifactRemoval",

@@ -6,7 +6,7 @@ import os
 from pathlib import Path
 
 import pytest
-from conftest import checkpoint_digests, mlchaos, mlchaos_json, tree_digests, wipe_doc, write_stage
+from conftest import checkpoint_digests, cli_json, mlchaos, mlchaos_json, tree_digests, wipe_doc, write_stage
 
 from mlchaos_steps.api import restore_run, run_phase, run_stage
 from mlchaos_steps.core.records import ExecutionStatus
@@ -106,7 +106,7 @@ def test_finished_run_key_returns_its_verdict_without_injecting_again(store: Pat
 def test_dry_run_changes_nothing(store: Path, tmp_path: Path, mlchaos_home: Path) -> None:
     stage_file = write_stage(tmp_path / "wipe.yaml", wipe_doc(store, "delete-latest"))
     before = tree_digests(store)
-    code, result = mlchaos_json("run", str(stage_file), "--dry-run")
+    code, result = cli_json("run", str(stage_file), "--dry-run")
     assert code == 0
     assert result["plan"]["would_wipe"] == ["step-500"]
     assert tree_digests(store) == before

@@ -10,7 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import BIN, checkpoint_digests, mlchaos, pod_doc, replica_pids, tree_digests, wipe_doc, write_stage
+from conftest import BIN, checkpoint_digests, cli, pod_doc, replica_pids, tree_digests, wipe_doc, write_stage
 
 from mlchaos_steps.api import restore_orphaned, run_phase, run_stage
 from mlchaos_steps.core.records import ActionState, ExecutionStatus
@@ -50,14 +50,14 @@ def test_sigkill_after_inject_then_restore_orphaned_checkpoint_wipe(store: Path,
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert checkpoint_digests(store) != before  # it really died with the checkpoint broken
-    result = mlchaos("restore", "--orphaned", "--json")
+    result = cli("restore", "--orphaned", "--json")
     assert result.returncode == 0, result.stderr
     restored = json.loads(result.stdout)["restored"]
     assert [r["run_key"] for r in restored] == ["crash-wipe"]
     assert tree_digests(store) == before
     assert SqliteLedger().get("crash-wipe").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
     # and again: nothing left to do
-    assert json.loads(mlchaos("restore", "--orphaned", "--json").stdout) == {"restored": [], "left_open": []}
+    assert json.loads(cli("restore", "--orphaned", "--json").stdout) == {"restored": [], "left_open": []}
 
 
 def test_sigkill_after_inject_then_restore_orphaned_pod_delete(healthy_server: ExampleServer, tmp_path: Path) -> None:
@@ -66,7 +66,7 @@ def test_sigkill_after_inject_then_restore_orphaned_pod_delete(healthy_server: E
     _wait_for_applied("crash-pod", proc)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    result = mlchaos("restore", "--orphaned", "--json")
+    result = cli("restore", "--orphaned", "--json")
     assert result.returncode == 0, result.stderr
     assert [r["run_key"] for r in json.loads(result.stdout)["restored"]] == ["crash-pod"]
     assert len(replica_pids(healthy_server)) == 2
@@ -158,8 +158,8 @@ def test_secrets_never_reach_the_journal_or_ledger_output(store: Path) -> None:
 
 def test_ledger_command_shows_everything_restored(store: Path) -> None:
     run_stage(parse_stage(wipe_doc(store)), "listed")
-    proc = mlchaos("ledger", "--json")
+    proc = cli("ledger", "--json")
     rows = json.loads(proc.stdout)
     assert rows == [{"run_key": "listed", "stage": "checkpoint-wipe", "status": "restored", "verdict": "passed",
                      "actions": {"restored": 1}}]
-    assert json.loads(mlchaos("ledger", "--open", "--json").stdout) == []
+    assert json.loads(cli("ledger", "--open", "--json").stdout) == []

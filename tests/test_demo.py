@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import mlchaos
+from conftest import cli, mlchaos
 
 STAGES = ["checkpoint-wipe", "pod-delete", "registry-artifact-removal", "canary-failure"]
 
@@ -21,7 +21,7 @@ def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path
     assert "promotion gate in deployment_with_chaos: promoted" in proc.stdout
     assert "(promoted by the gate)" in proc.stdout
     assert str(Path(__file__).resolve().parents[1] / "dags") in proc.stdout  # the files of dags/ themselves
-    rows = json.loads(mlchaos("ledger", "--json").stdout)
+    rows = json.loads(cli("ledger", "--json").stdout)
     assert {r["stage"]: r["verdict"] for r in rows} == dict.fromkeys(STAGES, "passed")
     assert {r["status"] for r in rows} == {"restored"}
 
@@ -32,7 +32,7 @@ def test_demo_broken_shows_both_stages_failing(tmp_path: Path) -> None:
     assert "promotion gate in retraining_with_chaos: refused (upstream_failed)" in proc.stdout
     assert "promotion gate in deployment_with_chaos: refused (upstream_failed)" in proc.stdout
     assert "nothing was promoted" in proc.stdout
-    rows = json.loads(mlchaos("ledger", "--json").stdout)
+    rows = json.loads(cli("ledger", "--json").stdout)
     # the first stage of each DAG fails; the stages after it never start
     assert {r["stage"]: r["verdict"] for r in rows} == {"checkpoint-wipe": "failed", "canary-failure": "failed"}
     assert {r["status"] for r in rows} == {"restored"}

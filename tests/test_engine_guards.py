@@ -12,7 +12,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from conftest import BIN, mlchaos, tree_digests, wipe_doc, write_stage
+from conftest import BIN, cli, mlchaos, tree_digests, wipe_doc, write_stage
 
 from mlchaos_steps.api import run_phase
 from mlchaos_steps.core.records import ActionState, ExecutionStatus
@@ -147,15 +147,15 @@ def test_restore_orphaned_lists_the_runs_it_leaves_alone(store: Path) -> None:
     run_phase(stage, "snapshot", "between-phases")
     run_phase(stage, "inject", "between-phases")
     assert [a.state for a in SqliteLedger().actions("between-phases")] == [ActionState.APPLIED]
-    proc = mlchaos("restore", "--orphaned")
+    proc = cli("restore", "--orphaned")
     assert proc.returncode == 0
     assert "between-phases" in proc.stderr and "--older-than" in proc.stderr
-    result = json.loads(mlchaos("restore", "--orphaned", "--json").stdout)
+    result = json.loads(cli("restore", "--orphaned", "--json").stdout)
     assert result["restored"] == []
     (left,) = result["left_open"]
     assert left["run_key"] == "between-phases" and left["age_s"] >= 0 and "--older-than 3600" in left["why"]
     assert not (store / "step-500").exists()  # left alone, as it said
-    result = json.loads(mlchaos("restore", "--orphaned", "--older-than", "0", "--json").stdout)
+    result = json.loads(cli("restore", "--orphaned", "--older-than", "0", "--json").stdout)
     assert [r["run_key"] for r in result["restored"]] == ["between-phases"] and result["left_open"] == []
 
 

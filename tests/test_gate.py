@@ -6,7 +6,7 @@ import json
 import subprocess
 
 import pytest
-from conftest import BIN, mlchaos, record_real_verdict
+from conftest import BIN, cli, record_real_verdict
 
 from mlchaos_steps.examples.models import register_sklearn
 from mlchaos_steps.gate import promote
@@ -37,7 +37,7 @@ def _tag(name: str, version: str, verdicts: dict[str, str]) -> None:
 def test_gate_matrix(two_versions: tuple[str, str, str], verdicts: dict[str, str], promoted: bool) -> None:
     name, v1, v2 = two_versions
     _tag(name, v2, verdicts)
-    proc = mlchaos("gate", "--model", name, "--version", "@challenger", "--require", ",".join(STAGES), "--json")
+    proc = cli("gate", "--model", name, "--version", "@challenger", "--require", ",".join(STAGES), "--json")
     result = json.loads(proc.stdout)
     assert proc.returncode == (0 if promoted else 1), proc.stderr
     assert result["decision"] == ("promoted" if promoted else "blocked")
@@ -66,9 +66,9 @@ def test_gate_bad_input_exits_2(two_versions: tuple[str, str, str]) -> None:
     for args in (["--model", "nope", "--version", "1"], ["--model", name, "--version", "42"],
                  ["--model", name, "--version", "@ghost"], ["--model", name, "--version", "1", "--alias",
                                                            "previous_champion"]):
-        proc = mlchaos("gate", *args, "--require", "pod-delete")
+        proc = cli("gate", *args, "--require", "pod-delete")
         assert proc.returncode == 2, (args, proc.stderr)
-    assert mlchaos("gate", "--model", name, "--version", "1", "--require", " ,").returncode == 2
+    assert cli("gate", "--model", name, "--version", "1", "--require", " ,").returncode == 2
 
 
 def test_two_gates_racing_end_with_tags_that_agree_with_the_alias(two_versions: tuple[str, str, str]) -> None:

@@ -3,12 +3,11 @@ failed restores, MLflow cut while verdicts are written, stale verdicts of earlie
 
 from __future__ import annotations
 
-import socket
-import threading
 from pathlib import Path
 
 import pytest
 from conftest import record_real_verdict, wipe_doc
+from systems import CuttingProxy
 
 from mlchaos_steps.api import restore_run, run_phase, run_stage
 from mlchaos_steps.gate import promote
@@ -80,61 +79,6 @@ def test_gate_blocks_while_a_new_run_is_in_progress_on_a_passed_version(two_vers
     for phase in ("inject", "verify", "restore"):
         run_phase(stage, phase, "retest", model=name, version=v2)
     assert promote(name, v2, [STAGE]).promoted
-
-
-class CuttingProxy:
-    """A TCP proxy in front of the tracking server that lets ``allow`` HTTP requests through, then cuts
-    every connection and refuses new ones: MLflow dropping in the middle of a run."""
-
-    def __init__(self, upstream_port: int, allow: int):
-        self.upstream_port, self.allow, self.seen, self.cut = upstream_port, allow, 0, False
-        self.server = socket.create_server(("127.0.0.1", 0))
-        self.port = self.server.getsockname()[1]
-        self.lock = threading.Lock()
-        self.socks: list[socket.socket] = []
-        threading.Thread(target=self._accept, daemon=True).start()
-
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.server.accept()
-            except OSError:
-                return
-            if self.cut:
-                conn.close()
-                continue
-            up = socket.create_connection(("127.0.0.1", self.upstream_port))
-            self.socks += [conn, up]
-            threading.Thread(target=self._pipe, args=(conn, up, True), daemon=True).start()
-            threading.Thread(target=self._pipe, args=(up, conn, False), daemon=True).start()
-
-    def _pipe(self, src: socket.socket, dst: socket.socket, counting: bool) -> None:
-        tail = b""
-        try:
-            while data := src.recv(65536):
-                if counting:
-                    with self.lock:
-                        self.seen += (tail + data).count(b" HTTP/1.1\r\n")
-                        tail = data[-16:]
-                        if self.seen > self.allow:
-                            self._cut()
-                            return
-                dst.sendall(data)
-        except OSError:
-            return
-
-    def _cut(self) -> None:
-        self.cut = True
-        for sock in self.socks:
-            try:
-                sock.shutdown(socket.SHUT_RDWR)
-                sock.close()
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self._cut()
-        self.server.close()
 
 
 def test_mlflow_cut_while_verdicts_are_written_never_promotes_a_run_that_did_not_pass(

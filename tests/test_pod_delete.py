@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import psutil
-from conftest import mlchaos_json, pod_doc, replica_pids, write_stage
+from conftest import cli_json, pod_doc, replica_pids, write_stage
 
 from mlchaos_steps.api import run_stage
 from mlchaos_steps.examples.workloads import ExampleServer
@@ -43,7 +43,7 @@ def test_percent_and_sigterm_through_the_cli(healthy_server: ExampleServer, tmp_
     doc = pod_doc(healthy_server, count=None, percent=50, signal="SIGTERM", grace_s=5)
     doc["spec"].pop("count")
     stage_file = write_stage(tmp_path / "pod.yaml", doc)
-    code, result = mlchaos_json("run", str(stage_file), "--run-key", "pod-cli")
+    code, result = cli_json("run", str(stage_file), "--run-key", "pod-cli")
     assert (code, result["verdict"]) == (0, "passed"), result
     assert result["restored"]
 
@@ -51,7 +51,7 @@ def test_percent_and_sigterm_through_the_cli(healthy_server: ExampleServer, tmp_
 def test_dry_run_kills_nothing(healthy_server: ExampleServer, tmp_path: Path) -> None:
     before = replica_pids(healthy_server)
     stage_file = write_stage(tmp_path / "pod.yaml", pod_doc(healthy_server, count=2))
-    code, result = mlchaos_json("run", str(stage_file), "--dry-run")
+    code, result = cli_json("run", str(stage_file), "--dry-run")
     assert code == 0
     assert result["plan"]["would_kill"] == 2
     assert sorted(r["pid"] for r in result["plan"]["replicas"]) == sorted(before)

@@ -6,7 +6,8 @@ import hashlib
 from pathlib import Path
 
 import pytest
-from conftest import mlchaos, record_real_verdict
+from conftest import cli, record_real_verdict
+from systems import CuttingProxy
 
 from mlchaos_steps.api import run_phase, run_stage
 from mlchaos_steps.core.records import ExecutionStatus
@@ -140,40 +141,39 @@ def test_unknown_model_version_or_alias_exits_2_and_touches_nothing(two_versions
                        (_doc(name, "@nope"), "spec.version"), (_doc(name, "latest"), "spec.version")]:
         path = tmp_path / "bad.yaml"
         path.write_text(yaml.safe_dump(doc))
-        proc = mlchaos("run", str(path))
+        proc = cli("run", str(path))
         assert proc.returncode == 2, proc.stderr
         assert field in proc.stderr
     assert _digests(name, v2) == before
 
 
-def test_tracking_server_down_during_verify(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, model_name: str) -> None:
-    """Verdict inconclusive, exit 3, the version still says `pending` (so the gate blocks), artifacts restored."""
-    from mlchaos_steps.examples import workloads
+def test_tracking_server_down_during_verify(mlflow_server: str, monkeypatch: pytest.MonkeyPatch,
+                                           model_name: str) -> None:
+    """Verdict inconclusive, exit 3, the version still says `pending` (so the gate blocks), artifacts restored.
+    The server goes down for this stage only: it is reached through a proxy that then refuses connections."""
     from mlchaos_steps.examples.models import register_sklearn
     from mlchaos_steps.gate import promote
 
-    server = workloads.start_tracking_server(tmp_path / "own-server")
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", server.url)
-    try:
-        version = register_sklearn(model_name)
-        root = Path(version_artifacts(ModelRef(model_name, version)).root)
-        before = _tree(root)
-        stage = parse_stage(_doc(model_name, version))
-        run_phase(stage, "snapshot", "rar-down")
-        run_phase(stage, "inject", "rar-down")
-        server.stop()
-        result = run_phase(stage, "verify", "rar-down")
-        assert result.verdict is not None and result.verdict.status == "inconclusive"
-        assert result.verdict.exit_code == 3
-        run_phase(stage, "restore", "rar-down")  # the artifact root is a local folder: restore needs no server
-        assert _tree(root) == before
-        assert SqliteLedger().get("rar-down").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
-        server = workloads.start_tracking_server(tmp_path / "own-server", port=server.port)
-        tags = client().get_model_version(model_name, version).tags
-        assert tags["mlchaos.registry-artifact-removal.verdict"] == "pending"  # never a verdict it did not reach
-        assert not promote(model_name, version, ["registry-artifact-removal"]).promoted
-    finally:
-        server.stop()
+    version = register_sklearn(model_name)
+    root = Path(version_artifacts(ModelRef(model_name, version)).root)
+    before = _tree(root)
+    stage = parse_stage(_doc(model_name, version))
+    proxy = CuttingProxy(int(mlflow_server.rsplit(":", 1)[1]), allow=10**6)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"http://127.0.0.1:{proxy.port}")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    run_phase(stage, "snapshot", "rar-down")
+    run_phase(stage, "inject", "rar-down")
+    proxy.close()  # the tracking server is gone: connections are refused
+    result = run_phase(stage, "verify", "rar-down")
+    assert result.verdict is not None and result.verdict.status == "inconclusive"
+    assert result.verdict.exit_code == 3
+    run_phase(stage, "restore", "rar-down")  # the artifact root is a local folder: restore needs no server
+    assert _tree(root) == before
+    assert SqliteLedger().get("rar-down").status == ExecutionStatus.RESTORED  # type: ignore[union-attr]
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", mlflow_server)  # the server is back
+    tags = client().get_model_version(model_name, version).tags
+    assert tags["mlchaos.registry-artifact-removal.verdict"] == "pending"  # never a verdict it did not reach
+    assert not promote(model_name, version, ["registry-artifact-removal"]).promoted
 
 
 def test_embedded_sqlite_registry(monkeypatch: pytest.MonkeyPatch, model_name: str, mlchaos_home: Path) -> None:

@@ -12,7 +12,7 @@ from typing import Any
 
 import psutil
 import pytest
-from conftest import BIN, checkpoint_digests, mlchaos, pod_doc, tree_digests, wipe_doc, write_stage
+from conftest import BIN, checkpoint_digests, cli, pod_doc, tree_digests, wipe_doc, write_stage
 
 from mlchaos_steps.api import restore_run, run_phase, run_stage
 from mlchaos_steps.core.records import ExecutionStatus
@@ -24,7 +24,7 @@ from mlchaos_steps.stages import parse_stage
 
 
 def _refused(stage_file: Path, field: str, *extra: str) -> str:
-    proc = mlchaos("run", str(stage_file), *extra)
+    proc = cli("run", str(stage_file), *extra)
     assert proc.returncode == 2, (proc.stdout, proc.stderr)
     assert field in proc.stderr, proc.stderr
     assert SqliteLedger().executions() == []  # a refusal leaves no row in the ledger
@@ -59,7 +59,9 @@ def test_selector_spanning_unrelated_process_trees_is_refused_and_nothing_killed
     try:
         before = healthy_server.replica_pids()
         doc = pod_doc(healthy_server)
-        doc["spec"]["target"]["local"]["selector"] = {"cmdline": "uvicorn"}  # this workload and the look-alike
+        # this workload and the look-alike, and no other test's servers (tests run side by side)
+        doc["spec"]["target"]["local"]["selector"] = {
+            "cmdline": rf"uvicorn .*--port {healthy_server.port}\b|unrelated-uvicorn-lookalike"}
         message = _refused(write_stage(tmp_path / "broad.yaml", doc), "spec.target.local.selector", "--dry-run")
         assert "unrelated process trees" in message and str(unrelated) in message
         assert healthy_server.replica_pids() == before
@@ -69,7 +71,7 @@ def test_selector_spanning_unrelated_process_trees_is_refused_and_nothing_killed
 
 
 def test_dry_run_shows_the_matched_processes(healthy_server: ExampleServer, tmp_path: Path) -> None:
-    proc = mlchaos("run", str(write_stage(tmp_path / "pod.yaml", pod_doc(healthy_server))), "--dry-run", "--json")
+    proc = cli("run", str(write_stage(tmp_path / "pod.yaml", pod_doc(healthy_server))), "--dry-run", "--json")
     plan = json.loads(proc.stdout)["plan"]
     assert [r["pid"] for r in plan["roots"]] == [healthy_server.process.pid]
     assert "uvicorn" in plan["roots"][0]["cmdline"] and len(plan["replicas"]) == 2
@@ -102,7 +104,7 @@ def test_chained_urls_are_refused(store: Path, prefix: str) -> None:
 @pytest.mark.parametrize("allowlist", ["", ":", "  ", " : "])
 def test_an_allowlist_that_is_set_but_empty_refuses_everything(store: Path, tmp_path: Path, allowlist: str) -> None:
     before = tree_digests(store)
-    proc = mlchaos("run", str(write_stage(tmp_path / "w.yaml", wipe_doc(store))),
+    proc = cli("run", str(write_stage(tmp_path / "w.yaml", wipe_doc(store))),
                    env={"MLCHAOS_ALLOWED_PATHS": allowlist})
     assert proc.returncode == 2 and "MLCHAOS_ALLOWED_PATHS" in proc.stderr, proc.stderr
     assert tree_digests(store) == before
@@ -201,7 +203,7 @@ def test_restore_stops_a_trainer_left_running_by_a_crash(store: Path, tmp_path: 
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     assert psutil.pid_exists(trainer)  # the trainer outlived mlchaos, and would keep writing
-    result = mlchaos("restore", "--orphaned", "--json")
+    result = cli("restore", "--orphaned", "--json")
     assert result.returncode == 0, result.stderr
     assert not psutil.pid_exists(trainer) or psutil.Process(trainer).status() == psutil.STATUS_ZOMBIE
     time.sleep(0.5)

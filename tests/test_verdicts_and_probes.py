@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import mlchaos, mlchaos_json, wipe_doc, write_stage
+from conftest import cli, cli_json, wipe_doc, write_stage
 
 from mlchaos_steps.examples.models import SAMPLE_INPUT
 from mlchaos_steps.examples.workloads import ExampleServer
@@ -17,7 +17,7 @@ def test_checkpoint_wipe_verdict_goes_onto_the_model_version(two_versions: tuple
                                                              tmp_path: Path) -> None:
     name, _, v2 = two_versions
     stage_file = write_stage(tmp_path / "wipe.yaml", wipe_doc(store, "truncate-latest"))
-    code, result = mlchaos_json("run", str(stage_file), "--run-key", "tagged-1", "--model", name,
+    code, result = cli_json("run", str(stage_file), "--run-key", "tagged-1", "--model", name,
                                 "--version", "@challenger", env={"AIRFLOW_CTX_DAG_ID": "retrain",
                                                                  "AIRFLOW_CTX_DAG_RUN_ID": "manual__1"})
     assert (code, result["verdict"]) == (0, "passed")
@@ -37,7 +37,7 @@ def test_checkpoint_wipe_verdict_goes_onto_the_model_version(two_versions: tuple
 def test_failed_verdict_is_recorded_too(two_versions: tuple[str, str, str], store: Path, tmp_path: Path) -> None:
     name, _, v2 = two_versions
     stage_file = write_stage(tmp_path / "wipe.yaml", wipe_doc(store, broken=True))
-    proc = mlchaos("run", str(stage_file), "--model", name, "--version", v2)
+    proc = cli("run", str(stage_file), "--model", name, "--version", v2)
     assert proc.returncode == 1
     assert client().get_model_version(name, v2).tags["mlchaos.checkpoint-wipe.verdict"] == "failed"
 
@@ -47,7 +47,7 @@ def test_unknown_model_for_verdicts_exits_2_before_anything_breaks(mlflow_server
     from conftest import tree_digests
 
     before = tree_digests(store)
-    proc = mlchaos("run", str(write_stage(tmp_path / "w.yaml", wipe_doc(store))), "--model", "ghost",
+    proc = cli("run", str(write_stage(tmp_path / "w.yaml", wipe_doc(store))), "--model", "ghost",
                    "--version", "1")
     assert proc.returncode == 2 and "spec.model" in proc.stderr
     assert tree_digests(store) == before

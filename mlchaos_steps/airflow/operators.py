@@ -25,7 +25,7 @@ class MlflowRunLink(BaseOperatorLink):
     name = "MLflow run"
 
     def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
-        from airflow.models.xcom import XCom
+        from airflow.sdk.execution_time.xcom import XCom
 
         return str(XCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
 

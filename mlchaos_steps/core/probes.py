@@ -6,13 +6,16 @@ shared socket rather than sticking to one through keep-alive.
 
 from __future__ import annotations
 
-import http.client
 import math
 import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
+
+import httpx
+
+# What a request can raise when the other side is not there or misbehaves.
+NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, httpx.HTTPError)
 
 
 @dataclass(frozen=True)
@@ -26,19 +29,10 @@ class Sample:
 
 def http_request(url: str, timeout_s: float, method: str = "GET", body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
-    """One request on a fresh connection: (status, body, headers)."""
-    parts = urlsplit(url)
-    cls = http.client.HTTPSConnection if parts.scheme == "https" else http.client.HTTPConnection
-    conn = cls(parts.hostname or "127.0.0.1", parts.port, timeout=timeout_s)
-    try:
-        path = parts.path or "/"
-        if parts.query:
-            path += "?" + parts.query
-        conn.request(method, path, body=body, headers={"Connection": "close", **(headers or {})})
-        response = conn.getresponse()
-        return response.status, response.read(), {k.lower(): v for k, v in response.getheaders()}
-    finally:
-        conn.close()
+    """One request on a fresh connection (no pool, no keep-alive): (status, body, lower-case headers)."""
+    response = httpx.request(method, url, content=body, timeout=timeout_s, follow_redirects=False,
+                             headers={"Connection": "close", **(headers or {})})
+    return response.status_code, response.content, {k.lower(): v for k, v in response.headers.items()}
 
 
 def sample_once(url: str, timeout_s: float, expect_status: int | None = None, body: bytes | None = None) -> Sample:
@@ -52,7 +46,7 @@ def sample_once(url: str, timeout_s: float, expect_status: int | None = None, bo
             status, _, headers = http_request(url, timeout_s, "POST", body, {"Content-Type": "application/json"})
         ok = status == expect_status if expect_status else 200 <= status < 400
         detail, backend = str(status), headers.get("x-mlchaos-backend", "").strip().lower()
-    except (OSError, http.client.HTTPException) as exc:
+    except NETWORK_ERRORS as exc:
         ok, detail = False, type(exc).__name__
     return Sample(started, ok, (time.perf_counter() - t0) * 1000, detail, backend)
 

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 
 import psutil
 
+from mlchaos_steps.core.waiting import wait_until
+
 # SIGTERM first, then SIGKILL this soon: the kill switch must act within a second, whatever the
 # command does with SIGTERM.
 TERM_GRACE_S = 0.3
@@ -44,11 +46,8 @@ def stop_process_group(pgid: int, grace_s: float = TERM_GRACE_S) -> bool:
         return False
     if grace_s <= 0:
         return True
-    deadline = time.monotonic() + grace_s
-    while time.monotonic() < deadline:
-        if not _group_alive(pgid):
-            return True
-        time.sleep(0.01)
+    if wait_until(lambda: not _group_alive(pgid), grace_s, interval_s=0.01):
+        return True
     try:
         os.killpg(pgid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):

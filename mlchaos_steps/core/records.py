@@ -116,13 +116,9 @@ def process_identity() -> tuple[int, float]:
 
 def owner_alive(pid: int | None, started: float | None) -> bool:
     """Whether the process that last worked on an execution still runs (pid reuse checked)."""
-    if not pid:
-        return False
-    try:
-        proc = psutil.Process(pid)
-        return started is None or abs(proc.create_time() - started) < 0.5
-    except psutil.Error:
-        return False
+    from mlchaos_steps.core.processes import same_process
+
+    return bool(pid) and same_process(pid, started)  # type: ignore[arg-type]
 
 
 class Ledger(Protocol):

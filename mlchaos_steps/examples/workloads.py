@@ -4,16 +4,16 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
-import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from mlchaos_steps.core.probes import http_request
+from mlchaos_steps.core.probes import NETWORK_ERRORS, http_request
+from mlchaos_steps.core.processes import stop_process_group
+from mlchaos_steps.core.waiting import wait_until
 
 
 def free_port() -> int:
@@ -59,12 +59,8 @@ class LocalService:
     def stop(self) -> None:
         """SIGTERM its whole process group; SIGKILL what is still there after 10 s."""
         if self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait()
+            stop_process_group(self.process.pid, grace_s=10)
+            self.process.wait()
 
 
 @dataclass
@@ -102,16 +98,17 @@ def start_server(healthy: bool = True, workers: int = 2, port: int | None = None
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = ExampleServer(port, process, label, healthy, workers)
-    deadline = time.monotonic() + 60
     answered: set[int] = set()
-    while time.monotonic() < deadline:
+
+    def ready() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"the example server exited with {process.returncode}: {argv}")
-        if _every_worker_answered(server, answered):
-            return server
-        time.sleep(0.05)
-    server.stop()
-    raise RuntimeError("the example server's workers did not all answer /ping within 60s")
+        return _every_worker_answered(server, answered)
+
+    if not wait_until(ready, 60):
+        server.stop()
+        raise RuntimeError("the example server's workers did not all answer /ping within 60s")
+    return server
 
 
 def _every_worker_answered(server: ExampleServer, answered: set[int]) -> bool:
@@ -207,17 +204,16 @@ def start_router(stable: str, canary: str, canary_weight: int = 30, analysis: di
 
 
 def _wait_for(url: str, process: subprocess.Popen[bytes], timeout_s: float) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
+    def answered() -> bool:
         if process.poll() is not None:
             raise RuntimeError(f"{process.args} exited with {process.returncode}")
         try:
-            if http_request(url, 1.0)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.1)
-    raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
+            return http_request(url, 1.0)[0] == 200
+        except NETWORK_ERRORS:
+            return False
+
+    if not wait_until(answered, timeout_s, interval_s=0.1):
+        raise RuntimeError(f"{url} did not answer within {timeout_s:.0f}s")
 
 
 @dataclass

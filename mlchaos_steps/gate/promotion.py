@@ -24,7 +24,7 @@ from filelock import FileLock
 from mlchaos_steps import config
 from mlchaos_steps.errors import InfrastructureError, SpecError
 from mlchaos_steps.gate.integrity import artifacts_intact
-from mlchaos_steps.targets.mlflow import client, is_unreachable, resolve_version, tracking_uri
+from mlchaos_steps.targets.mlflow import client, is_not_found, resolve_version, tracking_uri
 
 PREVIOUS_ALIAS = "previous_champion"
 
@@ -111,7 +111,7 @@ def evidence_runs(tags: dict[str, str], require: list[str]) -> dict[str, Evidenc
         try:
             run = c.get_run(run_id)
         except MlflowException as exc:
-            if is_unreachable(exc):
+            if not is_not_found(exc):
                 raise
             found[run_id] = None
             continue
@@ -165,11 +165,9 @@ def promote(model: str, version: str, require: list[str], alias: str = "champion
             c.set_model_version_tag(ref.name, ref.version, "mlchaos.gate", "promoted" if ok else "blocked")
             c.set_model_version_tag(ref.name, ref.version, "mlchaos.gate.reason", reason[:4000])
             c.set_model_version_tag(ref.name, ref.version, "mlchaos.gate.alias", alias)
-    except MlflowException as exc:
-        if is_unreachable(exc):
-            raise InfrastructureError(f"the gate could not reach MLflow at {tracking_uri()}: nothing was "
-                                      f"promoted ({exc})") from exc
-        raise
+    except MlflowException as exc:  # the gate never decides on a partial answer: nothing is promoted
+        raise InfrastructureError(f"the gate could not complete against MLflow at {tracking_uri()}: nothing was "
+                                  f"promoted ({exc})") from exc
     return GateDecision(ref.name, ref.version, alias, ok, reason, verdicts, previous, round(decide_seconds, 4))
 
 

@@ -29,7 +29,8 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field, field_validator, model_validator
 
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch
-from mlchaos_steps.core.probes import HttpSampler, http_request, sample_once, summarize
+from mlchaos_steps.core.probes import NETWORK_ERRORS, HttpSampler, http_request, sample_once, summarize
+from mlchaos_steps.core.processes import same_process
 from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel, version_or_alias
 from mlchaos_steps.core.verdict import Verdict
@@ -99,7 +100,7 @@ class CanaryFailure(StageSpec):
     def _state(self) -> dict[str, Any]:
         try:
             status, body, _ = http_request(self.router.url.rstrip("/") + "/mlchaos/state", 5)
-        except OSError as exc:
+        except NETWORK_ERRORS as exc:
             raise InfrastructureError(f"the canary router at {self.router.url} is unreachable: {exc}") from exc
         if status != 200:
             raise InfrastructureError(f"the canary router answered {status} on /mlchaos/state: {CONTRACT}")
@@ -197,8 +198,8 @@ class CanaryFailure(StageSpec):
 
             for pid, created in ctx.state["canary_pids"]:
                 with ctx.destructive("kill-canary", f"pid:{pid}", {"pid": pid}):
-                    proc = psutil.Process(pid)
-                    if abs(proc.create_time() - created) < 0.5:
+                    if same_process(pid, created):
+                        proc = psutil.Process(pid)
                         for child in proc.children(recursive=True):
                             child.send_signal(signals.SIGKILL)
                         proc.send_signal(signals.SIGKILL)
@@ -301,7 +302,7 @@ class CanaryFailure(StageSpec):
         if action.kind == "router-fault":
             try:
                 status, _, _ = http_request(action.undo["router"].rstrip("/") + "/mlchaos/fault", 5, "DELETE")
-            except OSError as exc:
+            except NETWORK_ERRORS as exc:
                 raise InfrastructureError(f"cannot reach the router to clear the fault: {exc}") from exc
             if status != 200:
                 raise InfrastructureError(f"the router answered {status} when clearing the fault")

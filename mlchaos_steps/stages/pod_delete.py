@@ -214,10 +214,10 @@ class PodDelete(StageSpec):
         killed, procs = [], []
         killed_at = time.time()
         for pid, created in state["victims"]:
+            if not same_process(pid, created):
+                continue  # gone, or the pid now belongs to another process: never kill it
             try:
                 proc = psutil.Process(pid)
-                if abs(proc.create_time() - created) > 0.5:
-                    continue  # the pid now belongs to another process: never kill it
             except psutil.NoSuchProcess:
                 continue
             with ctx.destructive("kill-process", f"pid:{pid}", {**undo, "pid": pid, "killed_at": time.time()}):

@@ -68,11 +68,16 @@ def experiment_id(name: str) -> str:
         return str(found.experiment_id)
 
 
-def is_unreachable(exc: BaseException) -> bool:
-    """Whether an MLflow error means the server could not be reached (vs. a not-found)."""
-    text = f"{type(exc).__name__} {exc}"
-    return any(s in text for s in ("ConnectionError", "Connection refused", "Max retries exceeded",
-                                   "ConnectTimeout", "ReadTimeout", "API request to", "Failed to establish"))
+# Error codes by which MLflow answers "no such thing": the stores say RESOURCE_DOES_NOT_EXIST; the REST
+# server answers a missing alias with INVALID_PARAMETER_VALUE ("Registered model alias ... not found").
+NOT_FOUND = frozenset({"RESOURCE_DOES_NOT_EXIST", "INVALID_PARAMETER_VALUE"})
+
+
+def is_not_found(exc: BaseException) -> bool:
+    """Whether MLflow answered that the thing does not exist (its error code says so). Anything else --
+    a server that cannot be reached (``INTERNAL_ERROR``), a 5xx, a refused token -- is not an answer
+    about the thing, and callers treat it as an infrastructure error (fail closed)."""
+    return getattr(exc, "error_code", None) in NOT_FOUND
 
 
 def resolve_version(name: str, version: str, field: str = "spec.version") -> ModelRef:
@@ -88,11 +93,14 @@ def resolve_version(name: str, version: str, field: str = "spec.version") -> Mod
                 raise SpecError(field, f"{version!r} is neither a version number nor an @alias")
             mv = c.get_model_version(name, str(version))
     except MlflowException as exc:
-        if is_unreachable(exc):
-            raise InfrastructureError(f"the MLflow tracking server at {tracking_uri()} is unreachable: {exc}") from exc
+        if not is_not_found(exc):
+            raise InfrastructureError(f"the MLflow tracking server at {tracking_uri()} did not answer: {exc}") from exc
         try:
             c.get_registered_model(name)
-        except MlflowException:
+        except MlflowException as missing:
+            if not is_not_found(missing):
+                raise InfrastructureError(f"the MLflow tracking server at {tracking_uri()} did not answer: "
+                                          f"{missing}") from missing
             raise SpecError("spec.model", f"registered model {name!r} does not exist in {tracking_uri()}: "
                                           "check the name (mlflow models are case-sensitive)") from None
         raise SpecError(field, f"model {name!r} has no version {version!r}: give an existing version number or "
@@ -106,7 +114,7 @@ def alias_version(name: str, alias: str) -> str | None:
     try:
         return str(client().get_model_version_by_alias(name, alias).version)
     except MlflowException as exc:
-        if is_unreachable(exc):
+        if not is_not_found(exc):
             raise
         return None
 
