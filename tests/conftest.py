@@ -8,6 +8,7 @@ import os
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,19 @@ def mlchaos_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "unset")
     monkeypatch.delenv("MLFLOW_TRACKING_URI")
     return home
+
+
+# The longest tests (whole DAG runs, the demo in a subprocess) start first, so that on parallel workers
+# the run does not end waiting for one of them started last.
+LONGEST_FIRST = ("test_demo.py", "test_example_dags.py", "test_canary_failure.py")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def rank(item: pytest.Item) -> int:
+        name = item.path.name
+        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=rank)  # stable: within a file, the written order
 
 
 def tree_digests(root: Path) -> dict[str, str]:
@@ -158,12 +172,51 @@ def replica_pids(server: workloads.ExampleServer) -> list[int]:
     return server.replica_pids()
 
 
+@dataclass(frozen=True)
+class SharedServer:
+    """A server another test process started and will stop; this one only uses it."""
+
+    url: str
+
+
 @pytest.fixture(scope="session")
-def tracking_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[workloads.TrackingServer]:
-    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifact root) for the session."""
-    server = workloads.start_tracking_server(tmp_path_factory.mktemp("mlflow-server"))
-    yield server
-    server.stop()
+def tracking_server(tmp_path_factory: pytest.TempPathFactory, worker_id: str
+                    ) -> Iterator[workloads.TrackingServer | SharedServer]:
+    """A real `mlflow server` on 127.0.0.1 (SQLite backend, local artifact root) for the whole run.
+
+    Under pytest-xdist the workers share one: the first to need it starts it (under a file lock) and
+    the controller stops it when the run ends (``pytest_sessionfinish``). Tests never share a model
+    name, a run key or a store, so they do not disturb each other on it."""
+    if worker_id == "master":
+        server = workloads.start_tracking_server(tmp_path_factory.mktemp("mlflow-server"))
+        yield server
+        server.stop()
+        return
+    from filelock import FileLock
+
+    run_root = tmp_path_factory.getbasetemp().parent
+    with FileLock(str(run_root / "mlflow-server.lock")):
+        info = run_root / SHARED_SERVER_FILE
+        if not info.exists():
+            started = workloads.start_tracking_server(run_root / "mlflow-server")
+            info.write_text(json.dumps({"url": started.url, "pid": started.process.pid}))
+        url = json.loads(info.read_text())["url"]
+    yield SharedServer(url)
+
+
+SHARED_SERVER_FILE = "mlflow-server.json"
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """The xdist controller stops the tracking server its workers shared."""
+    if hasattr(session.config, "workerinput"):
+        return
+    factory = getattr(session.config, "_tmp_path_factory", None)
+    info = factory.getbasetemp() / SHARED_SERVER_FILE if factory is not None else None
+    if info is not None and info.exists():
+        from mlchaos_steps.core.processes import stop_process_group
+
+        stop_process_group(json.loads(info.read_text())["pid"], grace_s=10)
 
 
 @pytest.fixture

@@ -6,9 +6,20 @@ fresh laptop."""
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 from conftest import cli, mlchaos
+
+
+@pytest.fixture(autouse=True)
+def laptop(monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a fresh laptop: no Airflow settings inherited from the test session, whose Airflow database
+    belongs to this test process (the demo keeps its own under MLCHAOS_HOME)."""
+    for name in list(os.environ):
+        if name.startswith("AIRFLOW"):
+            monkeypatch.delenv(name)
 
 STAGES = ["checkpoint-wipe", "pod-delete", "registry-artifact-removal", "canary-failure"]
 

@@ -79,7 +79,8 @@ def test_phases_on_separate_machines_share_state_through_mlflow(mlflow_server: s
 
 def test_registry_backup_travels_with_the_mlflow_ledger(two_versions: tuple[str, str, str], tmp_path: Path,
                                                        monkeypatch: pytest.MonkeyPatch) -> None:
-    """Snapshot and inject on one 'pod', restore on another that never saw the backup."""
+    """Snapshot and inject on one 'pod', restore on another that never saw the backup (its own empty
+    MLCHAOS_HOME; the phases run in this process, the separate processes are tested just above)."""
     import yaml
 
     from mlchaos_steps.verification import model_loads
@@ -88,8 +89,8 @@ def test_registry_backup_travels_with_the_mlflow_ledger(two_versions: tuple[str,
     stage_file = tmp_path / "rar.yaml"
     stage_file.write_text(yaml.safe_dump({"kind": "RegistryArtifactRemoval", "spec": {"model": name, "version": v2}}))
     for phase, pod in (("snapshot", "a"), ("inject", "a"), ("restore", "b")):
-        proc = mlchaos("run", str(stage_file), "--phase", phase, "--run-key", "argo-rar",
-                       env={"MLCHAOS_LEDGER": "mlflow", "MLCHAOS_HOME": str(tmp_path / f"pod-{pod}")})
+        proc = cli("run", str(stage_file), "--phase", phase, "--run-key", "argo-rar",
+                   env={"MLCHAOS_LEDGER": "mlflow", "MLCHAOS_HOME": str(tmp_path / f"pod-{pod}")})
         assert proc.returncode == 0, proc.stderr
         if phase == "inject":
             assert not model_loads(f"models:/{name}/{v2}").ok

@@ -18,7 +18,9 @@ from mlchaos_steps.stages import parse_stage
 @pytest.fixture
 def gunicorn(tmp_path: Path, request: pytest.FixtureRequest) -> Iterator[Any]:
     mode, sidecar = request.param
-    server = start_gunicorn(tmp_path, mode=mode, sidecar=sidecar, env={"MLCHAOS_APP": "gunicorn-under-test"})
+    label = f"gunicorn-under-test-{tmp_path.name}"  # tests run side by side: each server its own label
+    server = start_gunicorn(tmp_path, mode=mode, sidecar=sidecar, env={"MLCHAOS_APP": label})
+    server.label = label
     yield server
     server.stop()
 
@@ -83,6 +85,6 @@ def test_gunicorn_whose_replacement_answers_500_fails(gunicorn: Any) -> None:
 @pytest.mark.parametrize("gunicorn", [("healthy", False)], indirect=True)
 def test_env_selector_on_gunicorn_says_setproctitle_wiped_the_environment(gunicorn: Any) -> None:
     doc = _doc(gunicorn)
-    doc["spec"]["target"]["local"]["selector"] = {"env": {"MLCHAOS_APP": "gunicorn-under-test"}}
+    doc["spec"]["target"]["local"]["selector"] = {"env": {"MLCHAOS_APP": gunicorn.label}}
     with pytest.raises(SpecError, match="setproctitle.*select them by cmdline"):
         run_stage(parse_stage(doc), "gunicorn-env")

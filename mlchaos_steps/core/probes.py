@@ -27,11 +27,31 @@ class Sample:
     backend: str = ""  # which backend a router sent it to (x-mlchaos-backend), when it says
 
 
+_client: httpx.Client | None = None
+_client_lock = threading.Lock()
+
+
+def _shared_client() -> httpx.Client:
+    """One client for the process (its TLS context is built once), pooling nothing: every request opens
+    a fresh connection."""
+    global _client
+    with _client_lock:
+        if _client is None:
+            _client = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0), follow_redirects=False)
+        return _client
+
+
 def http_request(url: str, timeout_s: float, method: str = "GET", body: bytes | None = None,
                  headers: dict[str, str] | None = None) -> tuple[int, bytes, dict[str, str]]:
-    """One request on a fresh connection (no pool, no keep-alive): (status, body, lower-case headers)."""
-    response = httpx.request(method, url, content=body, timeout=timeout_s, follow_redirects=False,
-                             headers={"Connection": "close", **(headers or {})})
+    """One request on a fresh connection: (status, body, lower-case headers). No answer at all raises
+    OSError (``TimeoutError`` when it timed out, ``ConnectionError`` otherwise), as a socket would."""
+    try:
+        response = _shared_client().request(method, url, content=body, timeout=timeout_s,
+                                            headers={"Connection": "close", **(headers or {})})
+    except httpx.TimeoutException as exc:
+        raise TimeoutError(f"{type(exc).__name__}: {exc}") from exc
+    except httpx.TransportError as exc:
+        raise ConnectionError(f"{type(exc).__name__}: {exc}") from exc
     return response.status_code, response.content, {k.lower(): v for k, v in response.headers.items()}
 
 
@@ -47,7 +67,7 @@ def sample_once(url: str, timeout_s: float, expect_status: int | None = None, bo
         ok = status == expect_status if expect_status else 200 <= status < 400
         detail, backend = str(status), headers.get("x-mlchaos-backend", "").strip().lower()
     except NETWORK_ERRORS as exc:
-        ok, detail = False, type(exc).__name__
+        ok, detail = False, type(exc.__cause__ or exc).__name__
     return Sample(started, ok, (time.perf_counter() - t0) * 1000, detail, backend)
 
 

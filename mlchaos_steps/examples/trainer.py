@@ -1,6 +1,7 @@
 """A small real trainer that checkpoints, and a deliberately broken variant.
 
-A scikit-learn ``SGDClassifier`` learns a synthetic task with ``partial_fit``, one mini-batch per step.
+A logistic regression (numpy only, so the trainer starts in a fraction of a second) learns a synthetic
+task by stochastic gradient descent, one mini-batch per step.
 Every ``--checkpoint-every`` steps it writes ``step-<N>/`` atomically (temporary folder, fsync, rename)
 holding ``model.pkl`` and ``manifest.json`` with the pickle's sha256, then points ``latest`` at it.
 
@@ -43,10 +44,31 @@ def _data(step: int, batch: int = 64):
     return x, y
 
 
-def _new_model():
-    from sklearn.linear_model import SGDClassifier
+class LogisticModel:
+    """Logistic regression learned one mini-batch at a time."""
 
-    return SGDClassifier(loss="log_loss", random_state=0)
+    def __init__(self, features: int = 8, learning_rate: float = 0.5) -> None:
+        import numpy as np
+
+        self.weights, self.bias, self.learning_rate = np.zeros(features), 0.0, learning_rate
+
+    def partial_fit(self, x, y) -> None:
+        import numpy as np
+
+        error = 1.0 / (1.0 + np.exp(-(x @ self.weights + self.bias))) - y
+        self.weights = self.weights - self.learning_rate * (x.T @ error) / len(y)
+        self.bias -= self.learning_rate * float(error.mean())
+
+    def score(self, x, y) -> float:
+        """Accuracy on (x, y)."""
+        return float((((x @ self.weights + self.bias) > 0).astype(int) == y).mean())
+
+
+def _new_model() -> LogisticModel:
+    # By its importable name, not ``__main__``'s: a checkpoint must load in any process.
+    from mlchaos_steps.examples.trainer import LogisticModel as Model
+
+    return Model()
 
 
 def save_checkpoint(store: Path, step: int, model) -> Path:
@@ -169,13 +191,13 @@ def main(argv: list[str] | None = None) -> int:
 
     for step in range(start + 1, args.steps + 1):
         x, y = _data(step)
-        model.partial_fit(x, y, classes=[0, 1])
+        model.partial_fit(x, y)
         if args.step_seconds:
             time.sleep(args.step_seconds)
         if step % args.checkpoint_every == 0 and not args.no_save:
             save_checkpoint(args.store, step, model)
     x, y = _data(10**6, batch=2000)
-    accuracy = float(model.score(x, y)) if hasattr(model, "coef_") else 0.0
+    accuracy = model.score(x, y)
     print(json.dumps({"trained_to_step": max(args.steps, start), "accuracy": round(accuracy, 4)}), flush=True)
     return 0
 
