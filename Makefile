@@ -14,12 +14,13 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install --quiet -e '.[all,dev]'
 	touch $(STAMP)
 
-# Tests run side by side in 4 processes (pytest-xdist): most of them wait on servers, recoveries and
-# SLO windows, so 4 workers keep 2 cores busy. TEST_WORKERS=0 runs them in this process, one by one.
-TEST_WORKERS ?= 4
+# Tests run side by side in 6 processes (pytest-xdist, idle workers steal queued tests): most of them
+# wait on servers, recoveries and SLO windows, so 6 workers keep 2 cores busy. TEST_WORKERS=0 runs
+# them in this process, one by one.
+TEST_WORKERS ?= 6
 
 test: setup
-	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) $(PYTEST_ARGS)
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 demo: setup
 	$(BIN)/mlchaos demo

@@ -45,5 +45,6 @@ def test_demo_broken_shows_both_stages_failing(tmp_path: Path) -> None:
     assert "nothing was promoted" in proc.stdout
     rows = json.loads(cli("ledger", "--json").stdout)
     # the first stage of each DAG fails; the stages after it never start
-    assert {r["stage"]: r["verdict"] for r in rows} == {"checkpoint-wipe": "failed", "canary-failure": "failed"}
+    assert {r["stage"]: r["verdict"] for r in rows} == {"checkpoint-wipe": "failed", "canary-failure": "failed"}, \
+        proc.stdout
     assert {r["status"] for r in rows} == {"restored"}
