@@ -37,17 +37,25 @@ def mlchaos_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-# The longest tests (whole DAG runs, the demo in a subprocess) start first, so that on parallel workers
-# the run does not end waiting for one of them started last.
-LONGEST_FIRST = ("test_demo.py", "test_example_dags.py", "test_canary_failure.py")
+# The longest tests (whole DAG runs, the demo in a subprocess) start first, one at the head of each
+# worker's share (pytest-xdist hands each worker a contiguous slice, then idle workers steal), so the
+# run neither piles them onto one worker nor ends waiting for one started last.
+LONGEST_FIRST = ("test_demo.py", "test_example_dags.py")
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    def rank(item: pytest.Item) -> int:
-        name = item.path.name
-        return LONGEST_FIRST.index(name) if name in LONGEST_FIRST else len(LONGEST_FIRST)
-
-    items.sort(key=rank)  # stable: within a file, the written order
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    workers = config.getoption("numprocesses", default=None)
+    n = workers if isinstance(workers, int) and workers > 1 else 1
+    slow = sorted((i for i in items if i.path.name in LONGEST_FIRST), key=lambda i: LONGEST_FIRST.index(i.path.name))
+    rest = [i for i in items if i.path.name not in LONGEST_FIRST]
+    shares: list[list[pytest.Item]] = [slow[k::n] for k in range(n)]
+    size = -(-len(items) // n)
+    for share in shares:
+        take = max(0, size - len(share))
+        share += rest[:take]
+        del rest[:take]
+    shares[-1] += rest
+    items[:] = [item for share in shares for item in share]
 
 
 def tree_digests(root: Path) -> dict[str, str]:

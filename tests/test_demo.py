@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,18 +15,23 @@ from conftest import cli, mlchaos
 
 
 @pytest.fixture(autouse=True)
-def laptop(monkeypatch: pytest.MonkeyPatch) -> None:
+def laptop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
     """As on a fresh laptop: no Airflow settings inherited from the test session, whose Airflow database
-    belongs to this test process (the demo keeps its own under MLCHAOS_HOME)."""
+    belongs to this test process (the demo keeps its own under MLCHAOS_HOME). Whatever happens, the
+    example deployment the demo started is stopped."""
     for name in list(os.environ):
         if name.startswith("AIRFLOW"):
             monkeypatch.delenv(name)
+    yield
+    from mlchaos_steps.examples import deployment
+
+    deployment.stop(tmp_path / "demo")
 
 STAGES = ["checkpoint-wipe", "pod-delete", "registry-artifact-removal", "canary-failure"]
 
 
 def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path) -> None:
-    proc = mlchaos("demo", "--workdir", str(tmp_path / "demo"))
+    proc = mlchaos("demo", "--workdir", str(tmp_path / "demo"), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "everything restored" in proc.stdout
     assert "promotion gate in retraining_with_chaos: promoted" in proc.stdout
@@ -38,7 +44,7 @@ def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path
 
 
 def test_demo_broken_shows_both_stages_failing(tmp_path: Path) -> None:
-    proc = mlchaos("demo", "--broken", "--workdir", str(tmp_path / "demo"))
+    proc = mlchaos("demo", "--broken", "--workdir", str(tmp_path / "demo"), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "promotion gate in retraining_with_chaos: refused (upstream_failed)" in proc.stdout
     assert "promotion gate in deployment_with_chaos: refused (upstream_failed)" in proc.stdout

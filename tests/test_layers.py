@@ -122,3 +122,15 @@ def test_lower_layers_do_not_reach_up(package: str) -> None:
 def test_the_engine_does_not_import_the_gate() -> None:
     """MLflow reporting is an observer the engine is handed, not a module it reaches into."""
     assert "gate" not in package_graph(module_graph()).get("engine", set())
+
+
+# The order of the README's Layout: each package or root module imports only those before it.
+LAYERS = ["errors", "config", "redaction", "core", "targets", "ledgers", "verification", "gate", "stages",
+          "engine", "api", "asgi", "rollouts", "examples", "airflow", "ctk", "demo", "cli"]
+
+
+def test_every_import_goes_down_the_layers() -> None:
+    graph = package_graph(module_graph())
+    assert set(graph) <= set(LAYERS), f"place {sorted(set(graph) - set(LAYERS))} in LAYERS and the README"
+    upward = sorted((a, b) for a, deps in graph.items() for b in deps if LAYERS.index(b) > LAYERS.index(a))
+    assert upward == []
