@@ -1,4 +1,4 @@
-"""The ``mlchaos`` command: what Argo steps run and what people type.
+"""The ``mlchaos`` command: what pipeline steps run and what people type.
 
 Exit codes: 0 passed, 1 verdict failed, 2 bad input (nothing was touched), 3 inconclusive or an
 infrastructure error.

@@ -1,6 +1,6 @@
 """Errors with a meaning for the caller, each mapped to one CLI exit code.
 
-Exit codes are the contract of ARCHITECTURE.md: 0 passed, 1 verdict failed or gate blocked,
+Exit codes, as the README states them: 0 passed, 1 verdict failed or gate blocked,
 2 bad input, 3 inconclusive or infrastructure error.
 """
 

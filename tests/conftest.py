@@ -18,8 +18,12 @@ import yaml
 from mlchaos_steps.config import configure_airflow_home
 from mlchaos_steps.examples import workloads
 
-# Before anything imports airflow: an Airflow home of the test session's own, on SQLite.
-configure_airflow_home(Path(__import__("tempfile").mkdtemp(prefix="mlchaos-test-airflow-")))
+# Before anything imports airflow: an Airflow home of this test process's own, on SQLite. Set, not
+# defaulted: pytest-xdist workers inherit the controller's environment, and one SQLite database under
+# several workers' dag.test() runs loses DAG runs.
+_AIRFLOW_HOME = Path(__import__("tempfile").mkdtemp(prefix="mlchaos-test-airflow-"))
+os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
+configure_airflow_home(_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 
 BIN = Path(sys.executable).parent

@@ -17,6 +17,4 @@ def get_provider_info() -> dict[str, Any]:
             {"connection-type": "mlflow", "hook-class-name": "mlchaos_steps.airflow.hooks.MlflowHook"},
         ],
         "extra-links": ["mlchaos_steps.airflow.operators.MlflowRunLink"],
-        # Kubernetes targets (a later release) read credentials from the `kubernetes` connection of
-        # apache-airflow-providers-cncf-kubernetes where one is configured.
     }

@@ -16,7 +16,7 @@ from typing import Any
 from mlchaos_steps.core.records import Execution
 from mlchaos_steps.redaction import redact
 
-__all__ = ["build_journal", "experiment_for", "redact", "write_journal"]
+__all__ = ["build_journal", "experiment_for", "write_journal"]
 
 # chaostoolkit's journal statuses
 STATUS_BY_VERDICT = {"passed": "completed", "failed": "failed", "inconclusive": "aborted"}

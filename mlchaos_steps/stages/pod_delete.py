@@ -53,7 +53,7 @@ class LocalTarget(StrictModel):
 
 
 class PodDeleteTarget(StrictModel):
-    """Where the replicas run. ``local`` (processes) for now; Kubernetes comes in a later release."""
+    """Where the replicas run: ``local`` (processes on this machine)."""
 
     local: LocalTarget
 
