@@ -155,7 +155,9 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     from mlchaos_steps.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    saved_env, saved_sigterm = dict(os.environ), signal.getsignal(signal.SIGTERM)
+    # Only the variables given are set and put back: libraries (MLflow's telemetry) keep what they set.
+    saved_env = {key: os.environ.get(key) for key in env or {}}
+    saved_sigterm = signal.getsignal(signal.SIGTERM)
     root = logging.getLogger()
     saved_handlers, saved_level = list(root.handlers), root.level
     os.environ.update(env or {})
@@ -167,8 +169,11 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
                 code = exc.code if isinstance(exc.code, int) else 2
     finally:
         signal.signal(signal.SIGTERM, saved_sigterm)
-        os.environ.clear()
-        os.environ.update(saved_env)
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
         root.handlers[:] = saved_handlers
         root.setLevel(saved_level)
     return subprocess.CompletedProcess(["mlchaos", *args], code, out.getvalue(), err.getvalue())
