@@ -1,7 +1,7 @@
 """The shared records: executions, actions and their statuses, the ledger interface, model references.
 
 Everything above this module (ledgers, stages, engine, gate) speaks these types; this module imports
-nothing of the package.
+only ``core.processes`` (the one check that a pid is still the process it was).
 """
 
 from __future__ import annotations
@@ -12,6 +12,8 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import psutil
+
+from mlchaos_steps.core.processes import same_process
 
 
 @dataclass(frozen=True)
@@ -116,8 +118,6 @@ def process_identity() -> tuple[int, float]:
 
 def owner_alive(pid: int | None, started: float | None) -> bool:
     """Whether the process that last worked on an execution still runs (pid reuse checked)."""
-    from mlchaos_steps.core.processes import same_process
-
     return bool(pid) and same_process(pid, started)  # type: ignore[arg-type]
 
 

@@ -19,8 +19,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from mlchaos_steps import config
-from mlchaos_steps.core.context import run_dir_name
+from mlchaos_steps.core.context import PhaseContext
 from mlchaos_steps.core.records import EVIDENCE_RUN_ID, Execution, ExecutionStatus, Ledger
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.redaction import redact
@@ -153,7 +152,7 @@ def carry_verdict(execution: Execution, model: ModelRef, ledger: Ledger) -> str:
     verdict = Verdict.model_validate(execution.verdict_detail)
     run_id = execution.evidence_run_id
     if not run_id:
-        journal = config.home() / "runs" / run_dir_name(execution.run_key) / "journal.json"
+        journal = PhaseContext(execution.run_key, ledger, execution).run_dir / "journal.json"
         run_id = log_execution(execution.stage_id, execution.kind, execution.spec, verdict, execution.run_key,
                                journal, model)
         finish_execution(run_id, verdict)
