@@ -52,10 +52,11 @@ class _Quiet(BaseHTTPRequestHandler):
 
 class Backend(_Server):
     """A model server that answers every request; with ``hang_over_rps`` N, a request arriving while
-    more than N arrived in the last second hangs for ``hang_s`` (a server that falls over under load)."""
+    more than N arrived in the last second hangs for ``hang_s`` (a server that falls over under load);
+    with ``delay_s`` every answer takes that long (a server that answers, but slowly)."""
 
-    def __init__(self, hang_over_rps: int | None = None, hang_s: float = 3.0):
-        self.hang_over_rps, self.hang_s = hang_over_rps, hang_s
+    def __init__(self, hang_over_rps: int | None = None, hang_s: float = 3.0, delay_s: float = 0.0):
+        self.hang_over_rps, self.hang_s, self.delay_s = hang_over_rps, hang_s, delay_s
         self.arrivals: list[float] = []
         self.lock = threading.Lock()
 
@@ -67,8 +68,7 @@ class Backend(_Server):
                 with owner.lock:
                     owner.arrivals = [t for t in owner.arrivals if t > now - 1] + [now]
                     hang = owner.hang_over_rps is not None and len(owner.arrivals) > owner.hang_over_rps
-                if hang:
-                    time.sleep(owner.hang_s)
+                time.sleep(owner.hang_s if hang else owner.delay_s)
                 self._send(200, b'{"predictions": [1]}')
 
             do_GET = do_POST  # noqa: N815

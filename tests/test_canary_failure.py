@@ -127,8 +127,8 @@ def registered(two_versions: tuple[str, str, str]) -> str:
 def _third_party(name: str, router: Any, **spec: Any) -> Any:
     doc = {"kind": "CanaryFailure", "spec": {
         "model": name, "candidate": "@challenger", "router": {"url": router.url}, "fault": "errors",
-        "rollback_within_s": 5, "stable": {"min_success_ratio": 0.99, "max_p99_ms": 500},
-        "traffic": {"sample": SAMPLE_INPUT, "interval_ms": 10, "timeout_s": 1}, **spec}}
+        "rollback_within_s": 5, "stable": {"min_success_ratio": 0.99, "max_p99_ms": 1000},
+        "traffic": {"sample": SAMPLE_INPUT, "interval_ms": 10, "timeout_s": 2}, **spec}}
     return parse_stage(doc)
 
 
@@ -178,6 +178,20 @@ def test_stable_that_hangs_under_load_fails(registered: str) -> None:
         canary.stop()
     assert outcome.verdict.status == "failed", outcome.verdict.reason
     assert "TimeoutError" in outcome.verdict.reason or "timeout" in outcome.verdict.reason.lower()
+
+
+def test_stable_that_answers_but_slower_than_its_slo_fails(registered: str) -> None:
+    from systems import Backend
+
+    stable, canary = Backend(delay_s=0.3), Backend()
+    try:
+        outcome = _through_router(registered, stable.url, canary.url, "tp-slow-stable",
+                                  {"stable": {"min_success_ratio": 0.99, "max_p99_ms": 100}})
+    finally:
+        stable.stop()
+        canary.stop()
+    assert outcome.verdict.status == "failed", outcome.verdict.reason
+    assert "stable p99" in outcome.verdict.reason and "above 100 ms" in outcome.verdict.reason
 
 
 def test_abort_recorded_before_the_fault_is_not_a_rollback(registered: str, backends: tuple[Any, Any]) -> None:
