@@ -39,8 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--run-key", help="identifies this execution; a retry with the same key never injects twice")
     run.add_argument("--dry-run", action="store_true", help="resolve targets and report; change nothing")
     run.add_argument("--json", action="store_true", help="print the result as JSON")
-    run.add_argument("--model", help="registered MLflow model whose version gets the verdict tags")
-    run.add_argument("--version", dest="model_version", help="that model's version number or @alias")
+    run.add_argument("--model", help="registered MLflow model whose version gets the verdict tags (empty: none)")
+    run.add_argument("--version", dest="model_version", help="that model's version number or @alias (empty: unset)")
+    run.add_argument("--result-file", help="also write the JSON result here (an Argo output parameter reads it)")
 
     restore = sub.add_parser("restore", help="put back what a run broke, from the ledger")
     which = restore.add_mutually_exclusive_group(required=True)
@@ -49,6 +50,7 @@ def _parser() -> argparse.ArgumentParser:
     restore.add_argument("--older-than", type=float, default=3600.0, metavar="SECONDS",
                          help="with --orphaned: also runs nobody owns that have not moved for this long")
     restore.add_argument("--json", action="store_true")
+    restore.add_argument("--result-file", help="also write the JSON result here")
 
     gate = sub.add_parser("gate", help="move the alias only when every required stage passed on this version")
     gate.add_argument("--model", required=True)
@@ -58,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     gate.add_argument("--no-artifact-check", action="store_true",
                       help="skip checking that the version's artifacts are whole")
     gate.add_argument("--json", action="store_true")
+    gate.add_argument("--result-file", help="also write the JSON result here")
 
     ledger = sub.add_parser("ledger", help="list executions and their actions")
     ledger.add_argument("--open", action="store_true", help="only runs not yet restored")
@@ -69,11 +72,48 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--broken", action="store_true", help="use the deliberately broken workloads")
     demo.add_argument("--workdir", help="where the demo keeps its files (default: a temporary folder)")
     demo.add_argument("--dags", help="the folder of example DAG files (default: dags/ of this clone)")
+    _argo_parser(sub.add_parser("argo", help="Argo Workflows: validate offline, insert a stage, print the templates"))
     return parser
 
 
-def _print(data: Any) -> None:
-    print(json.dumps(redact(data), indent=2, default=str))
+def _argo_parser(argo: argparse.ArgumentParser) -> None:
+    sub = argo.add_subparsers(dest="argo_command", required=True, parser_class=_Parser)
+    validate = sub.add_parser("validate", help="the offline `argo lint`: schema, names, dependencies, references")
+    validate.add_argument("files", nargs="+", metavar="FILE")
+    validate.add_argument("--templates", nargs="+", default=[], metavar="LIB",
+                          help="WorkflowTemplate files that templateRef may point at")
+    validate.add_argument("--json", action="store_true")
+    inject = sub.add_parser("inject", help="insert a chaos stage into a workflow YAML file")
+    inject.add_argument("file", metavar="FILE")
+    inject.add_argument("--after", required=True, help="the task or step the stage runs after")
+    inject.add_argument("--before", help="the one task that waits for the stage (default: all that waited for --after)")
+    inject.add_argument("--template", help="the template holding --after, when several have it")
+    inject.add_argument("--stage", required=True, help="the stage file (YAML)")
+    inject.add_argument("--name", help="the new task's name (default: chaos-<stage id>)")
+    inject.add_argument("--model", default="", help="registered model whose version gets the verdict")
+    inject.add_argument("--version", dest="model_version", default="", help="its version number or @alias")
+    inject.add_argument("-o", "--output", help="write here (default: standard output); FILE itself is allowed")
+    templates = sub.add_parser("templates", help="print the mlchaos-steps WorkflowTemplate and janitor CronWorkflow")
+    templates.add_argument("--image", help="the step image (default: the release's)")
+
+
+def _print(data: Any, result_file: str | None = None) -> None:
+    text = json.dumps(redact(data), indent=2, default=str)
+    print(text)
+    _write_result(text, result_file)
+
+
+def _write_result(text: str, result_file: str | None) -> None:
+    if result_file:
+        from pathlib import Path
+
+        Path(result_file).parent.mkdir(parents=True, exist_ok=True)
+        Path(result_file).write_text(text + "\n")
+
+
+def _unset_if_empty(value: str | None) -> str | None:
+    """Argo passes every parameter: an empty --model or --version means not given."""
+    return value if value and value.strip() else None
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
@@ -81,6 +121,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from mlchaos_steps.stages import load_stages
 
     stages = load_stages(args.stage_file)
+    args.model, args.model_version = _unset_if_empty(args.model), _unset_if_empty(args.model_version)
     if args.phase != "all" and not args.run_key:
         raise SpecError("--run-key", "is required with --phase: the phases of one run share it")
     base_key = args.run_key or new_run_key()
@@ -106,10 +147,12 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 entry.update(verdict=result.verdict.status, reason=result.verdict.reason)
                 code = max(code, result.verdict.exit_code)
             results.append(entry)
+    result = results if len(results) > 1 else results[0]
     if args.json:
-        _print(results if len(results) > 1 else results[0])
+        _print(result, args.result_file)
     else:
         _table(results)
+        _write_result(json.dumps(redact(result), indent=2, default=str), args.result_file)
     return code
 
 
@@ -140,13 +183,13 @@ def _cmd_restore(args: argparse.Namespace) -> int:
     if args.orphaned:
         results = restore_orphaned(older_than_s=args.older_than)
         left_open = [r for r in open_runs(older_than_s=args.older_than) if not r["orphaned"]]
-        _print({"restored": results, "left_open": left_open})
+        _print({"restored": results, "left_open": left_open}, args.result_file)
         if left_open and not args.json:
             print(f"mlchaos: {len(left_open)} open run(s) left alone (not orphaned): "
                   + "; ".join(f"{r['run_key']} ({r['stage']}, {r['status']}, {r['age_s']:.0f}s old): {r['why']}"
                               for r in left_open), file=sys.stderr)
         return 3 if any("error" in r for r in results) else 0
-    _print(restore_run(args.run_key))
+    _print(restore_run(args.run_key), args.result_file)
     return 0
 
 
@@ -160,8 +203,9 @@ def _cmd_gate(args: argparse.Namespace) -> int:
               "decision": "promoted" if decision.promoted else "blocked", "reason": decision.reason,
               "verdicts": decision.verdicts, "previous_version": decision.previous_version}
     if args.json:
-        _print(result)
+        _print(result, args.result_file)
     else:
+        _write_result(json.dumps(redact(result), indent=2, default=str), args.result_file)
         colour = "green" if decision.promoted else "red"
         from rich.console import Console
 
@@ -209,6 +253,58 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(broken=args.broken, workdir=args.workdir, dags=args.dags)
 
 
+def _cmd_argo(args: argparse.Namespace) -> int:
+    return {"validate": _argo_validate, "inject": _argo_inject, "templates": _argo_templates}[args.argo_command](args)
+
+
+def _argo_validate(args: argparse.Namespace) -> int:
+    from mlchaos_steps.argo import validate_files
+
+    for path in [*args.files, *args.templates]:
+        _readable(path, "FILE" if path in args.files else "--templates")
+    problems = validate_files(args.files, args.templates)
+    if args.json:
+        _print([p.__dict__ for p in problems])
+    for problem in problems if not args.json else []:
+        print(problem, file=sys.stderr)
+    if not args.json and not problems:
+        print(f"mlchaos: {len(args.files)} file(s) valid")
+    return 2 if problems else 0
+
+
+def _readable(path: str, field: str) -> None:
+    from pathlib import Path
+
+    if not Path(path).is_file():
+        raise SpecError(field, f"{path} is not a file: give the path of a workflow YAML file")
+
+
+def _argo_inject(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from mlchaos_steps.argo.insert import inject_yaml
+
+    _readable(args.file, "FILE")
+    try:
+        text = inject_yaml(Path(args.file).read_text(), after=args.after, before=args.before,
+                           template=args.template, stage=args.stage, name=args.name, model=args.model,
+                           version=args.model_version)
+    except SpecError as exc:  # say which file; nothing was written
+        raise SpecError(f"{args.file}: {exc.field}", str(exc).removeprefix(f"{exc.field}: ")) from exc
+    if args.output:
+        Path(args.output).write_text(text)
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def _argo_templates(args: argparse.Namespace) -> int:
+    from mlchaos_steps.argo.library import library_yaml
+
+    sys.stdout.write(library_yaml(args.image))
+    return 0
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a pipeline cancelling the task, a pod evicted), turned into the same exit as Ctrl-C."""
 
@@ -226,7 +322,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # every log line, ours and the libraries', is redacted
         handler.addFilter(RedactingFilter())
     handler = {"run": _cmd_run, "restore": _cmd_restore, "gate": _cmd_gate, "ledger": _cmd_ledger,
-               "schema": _cmd_schema, "demo": _cmd_demo}[args.command]
+               "schema": _cmd_schema, "demo": _cmd_demo, "argo": _cmd_argo}[args.command]
     try:
         return handler(args)
     except MlchaosError as exc:

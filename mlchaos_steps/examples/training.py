@@ -80,3 +80,44 @@ def ensure_candidate(model: str) -> str:
         candidate = register_sklearn(model)
         client().set_registered_model_alias(model, "challenger", candidate)
     return candidate
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The same steps as a command, for workflow containers (the Argo examples in ``workflows/``):
+    ``python -m mlchaos_steps.examples.training {prepare,train,evaluate,register,candidate,champion}``.
+    ``--output FILE`` writes the step's result there (an Argo output parameter reads it)."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="python -m mlchaos_steps.examples.training")
+    parser.add_argument("step", choices=["prepare", "train", "evaluate", "register", "candidate", "champion"])
+    parser.add_argument("--store", help="the checkpoint folder (prepare, train, evaluate)")
+    parser.add_argument("--model", help="the registered model (register, candidate, champion)")
+    parser.add_argument("--workdir", help="where a broken candidate keeps its files (register)")
+    parser.add_argument("--broken", default="false", help="register the deliberately broken model: true/false")
+    parser.add_argument("--output", help="write the result to this file")
+    args = parser.parse_args(argv)
+    needs = {"prepare": "store", "train": "store", "evaluate": "store", "register": "model",
+             "candidate": "model", "champion": "model"}[args.step]
+    if not getattr(args, needs):
+        parser.error(f"{args.step} needs --{needs}")
+    if args.step == "register" and not args.workdir:
+        parser.error("register needs --workdir")
+    steps = {
+        "prepare": lambda: prepare(Path(args.store)),
+        "train": lambda: train(Path(args.store)),
+        "evaluate": lambda: evaluate(Path(args.store)),
+        "register": lambda: register_candidate(args.model, args.workdir,
+                                               broken=args.broken.strip().lower() in {"1", "true", "yes"}),
+        "candidate": lambda: ensure_candidate(args.model),
+        "champion": lambda: ensure_champion(args.model),
+    }
+    result = str(steps[args.step]())
+    print(result)
+    if args.output:
+        Path(args.output).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.output).write_text(result)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
