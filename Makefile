@@ -36,6 +36,11 @@ $(ARGO):
 	cd build/argo-src && go build -trimpath -o $(CURDIR)/$(ARGO) ./cmd/argo
 	rm -rf build/argo-src
 
+# Build the step image with buildah (no daemon) and run a stage inside it: opt-in, as root, about
+# 5 minutes the first time (debootstrap, the wheelhouse), see docker/image-check.sh.
+image-check: setup
+	docker/image-check.sh
+
 # Render the Argo templates and example workflows from their Hera sources (the tests compare them).
 workflows: setup
 	$(BIN)/python -m mlchaos_steps.hera.render

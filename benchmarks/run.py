@@ -438,7 +438,89 @@ def insert_chaos_1000() -> dict[str, Any]:
                     "check_cycle() and validate()", "seconds": stats(seconds, 3), "target_seconds_max": 1.0}
 
 
+def _big_workflow(path: Path, tasks: int = 500) -> Path:
+    """A Workflow whose DAG has ``tasks`` tasks (a binary tree), each calling a container template."""
+    import yaml
+
+    dag = [{"name": f"t{j}", "template": "echo", "arguments": {"parameters": [{"name": "message", "value": f"t{j}"}]},
+            **({"depends": f"t{(j - 1) // 2}"} if j else {})} for j in range(tasks)]
+    path.write_text(yaml.safe_dump({
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "Workflow", "metadata": {"generateName": "big-"},
+        "spec": {"entrypoint": "main", "templates": [
+            {"name": "main", "dag": {"tasks": dag}},
+            {"name": "echo", "inputs": {"parameters": [{"name": "message"}]},
+             "container": {"image": "busybox", "command": ["echo", "{{inputs.parameters.message}}"]}}]}},
+        sort_keys=False))
+    return path
+
+
+_TIMED_VALIDATE = """
+import sys, time
+t0 = time.perf_counter()
+from mlchaos_steps.argo import validate_files
+problems = validate_files([sys.argv[1]])
+assert problems == [], problems
+print(time.perf_counter() - t0)
+"""
+
+
+def argo_validate_500() -> dict[str, Any]:
+    """Validate a 500-task workflow in a fresh process (schema compiled once, inside the time), side by
+    side with Argo's own `argo lint --offline` on the same file."""
+    work = Path(tempfile.mkdtemp(prefix="mlchaos-bench-argo-"))
+    big = _big_workflow(work / "big.yaml")
+    argo = Path(__file__).parent.parent / "build" / "bin" / "argo"
+    in_process, cli, lint = [], [], []
+    for _ in range(REPEATS):
+        done = subprocess.run([sys.executable, "-c", _TIMED_VALIDATE, str(big)], capture_output=True, text=True,
+                              check=True)
+        in_process.append(float(done.stdout.strip()))
+        t0 = time.perf_counter()
+        subprocess.run([str(Path(sys.executable).parent / "mlchaos"), "argo", "validate", str(big)],
+                       capture_output=True, check=True)
+        cli.append(time.perf_counter() - t0)
+        if argo.exists():
+            t0 = time.perf_counter()
+            subprocess.run([str(argo), "lint", "--offline", str(big)], capture_output=True, check=True)
+            lint.append(time.perf_counter() - t0)
+    shutil.rmtree(work, ignore_errors=True)
+    result = {"what": "validate a 500-task workflow: import, schema compilation and every rule, in a fresh "
+                      "process; the whole `mlchaos argo validate` command; Argo's `argo lint --offline`",
+              "seconds_incl_schema_compilation": stats(in_process, 3), "cli_seconds": stats(cli, 3),
+              "target_seconds_max": 1.0}
+    if lint:
+        result["argo_lint_offline_seconds"] = stats(lint, 3)
+        result["cli_over_argo_lint_ratio"] = round(statistics.median(cli) / statistics.median(lint), 2)
+    return result
+
+
+def argo_inject_500() -> dict[str, Any]:
+    """Insert a stage into the 500-task workflow's YAML (as text, validated), after its root task."""
+    import yaml
+
+    from mlchaos_steps.argo.insert import inject_yaml
+    from mlchaos_steps.argo.validate import validate_files
+
+    work = Path(tempfile.mkdtemp(prefix="mlchaos-bench-argo-"))
+    text = _big_workflow(work / "big.yaml").read_text()
+    stage = work / "stage.yaml"
+    stage.write_text(yaml.safe_dump({"kind": "CheckpointWipe", "spec": {"store": "file:///data/ckpts", "resume": {
+        "command": ["python", "train.py"], "max_lost_steps": 1}}}))
+    validate_files([work / "big.yaml"])  # the schema compiled, as in a long-lived process (the CLI pays it once)
+    seconds = []
+    for _ in range(REPEATS):
+        t0 = time.perf_counter()
+        inject_yaml(text, after="t0", stage=stage)
+        seconds.append(time.perf_counter() - t0)
+    shutil.rmtree(work, ignore_errors=True)
+    return {"what": "inject_yaml(after='t0') into a 500-task workflow (3,500 lines): load, insert, rewire the "
+                    "two tasks downstream, validate the result, edit the text, check it loads back the same",
+            "seconds": stats(seconds, 3), "target_seconds_max": 0.2}
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "argo_validate_500": argo_validate_500,
+    "argo_inject_500": argo_inject_500,
     "airflow_parse": airflow_parse,
     "insert_chaos_1000": insert_chaos_1000,
     "gate_decision": gate_decision,

@@ -349,3 +349,73 @@ def test_hera_inline_templates_make_a_self_contained_workflow(stage_file: Path) 
     assert {"chaos-stage", "mlchaos-verify", "gate", "restore-run"} <= set(names)
     assert len(names) == len(set(names))
     assert validate_document(document) == []
+
+
+# -- the step image and what the templates need in the cluster ----------------------------------------
+def test_dockerfile_passes_hadolint_and_keeps_its_promises() -> None:
+    from mlchaos_steps.examples.workloads import venv_bin
+
+    dockerfile = ROOT / "docker" / "Dockerfile"
+    done = subprocess.run([str(venv_bin() / "hadolint"), "--failure-threshold", "info", str(dockerfile)],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    text = dockerfile.read_text()
+    assert "ARG BASE=" in text and "USER 10001" in text and 'ENTRYPOINT ["mlchaos"]' in text
+    assert "MLCHAOS_HOME=/tmp/" in text and '==${VERSION}"' in text  # pinned, writable home under /tmp
+    # hadolint refuses what it should: an unpinned install as root
+    bad = "FROM debian:bookworm\nRUN apt-get update && apt-get install -y python3\n"
+    done = subprocess.run([str(venv_bin() / "hadolint"), "-"], input=bad, capture_output=True, text=True,
+                          timeout=60, check=False)
+    assert done.returncode != 0 and "DL3008" in done.stdout
+
+
+def test_rbac_gives_the_templates_service_account_what_its_steps_do() -> None:
+    documents = list(yaml.safe_load_all((ROOT / "docker" / "rbac.yaml").read_text()))
+    by_kind = {d["kind"]: d for d in documents}
+    assert set(by_kind) == {"ServiceAccount", "Role", "RoleBinding", "ConfigMap"}
+    template = library_documents()[0]
+    accounts = {t.get("serviceAccountName") for t in template["spec"]["templates"] if "container" in t}
+    assert accounts == {by_kind["ServiceAccount"]["metadata"]["name"]}
+    assert by_kind["RoleBinding"]["subjects"] == [{"kind": "ServiceAccount", "name": "mlchaos-steps"}]
+    rules = {(g, r): set(rule["verbs"]) for rule in by_kind["Role"]["rules"] for g in rule["apiGroups"]
+             for r in rule["resources"]}
+    assert rules == {("argoproj.io", "workflowtaskresults"): {"create", "patch"},
+                     ("", "pods"): {"get", "list", "watch", "delete"}}
+    config = {e["configMapRef"]["name"] for t in template["spec"]["templates"] if "container" in t
+              for e in t["container"]["envFrom"] if "configMapRef" in e}
+    assert config == {by_kind["ConfigMap"]["metadata"]["name"]}
+    assert set(by_kind["ConfigMap"]["data"]) == {"MLFLOW_TRACKING_URI"}
+
+
+def test_flow_style_tasks_and_comments_between_tasks_stay_as_written(stage_file: Path) -> None:
+    text = """apiVersion: argoproj.io/v1alpha1
+kind: Workflow
+metadata: {generateName: flow-}
+spec:
+  entrypoint: main
+  templates:
+  - name: main
+    dag:
+      tasks: [{name: train, template: echo}, {name: score, template: echo, depends: 'train'}]
+  - name: echo
+    container: {image: busybox}   # the smallest image
+"""
+    out = inject_yaml(text, after="train", stage=stage_file)
+    assert "# the smallest image" in out and "depends: 'chaos-checkpoint-wipe'" in out
+    tasks = yaml.safe_load(out)["spec"]["templates"][0]["dag"]["tasks"]
+    assert [t["name"] for t in tasks] == ["train", "chaos-checkpoint-wipe", "score"]
+    commented = (EXAMPLES / "dag-diamond.yaml").read_text().replace(
+        "      - name: B\n", "      # B and C run side by side\n      - name: B\n")
+    out = inject_yaml(commented, after="A", stage=stage_file)
+    lines = out.splitlines()
+    assert lines[lines.index("      # B and C run side by side") + 1] == "      - name: B"  # it stays with B
+
+
+def test_templates_command_prints_the_library_with_the_image_asked_for() -> None:
+    done = cli("argo", "templates", "--image", "registry.example/mlchaos-steps:dev")
+    assert done.returncode == 0
+    documents = list(yaml.safe_load_all(done.stdout))
+    assert [d["kind"] for d in documents] == ["WorkflowTemplate", "CronWorkflow"]
+    images = {t["container"]["image"] for t in documents[0]["spec"]["templates"] if "container" in t}
+    assert images == {"registry.example/mlchaos-steps:dev"}
+    assert cli("argo", "templates").stdout == LIBRARY_FILE.read_text()

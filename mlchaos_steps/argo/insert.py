@@ -13,54 +13,32 @@
 Refused with a SpecError (exit 2), nothing changed: ``after`` in a parallel step group, a workflow that is
 only a ``workflowTemplateRef``, ``before`` not directly downstream of ``after``, a name already used,
 ``after`` in several templates without ``template``. The result is validated before it is returned.
+
+``insert_stage`` edits plain data (what Hera's ``to_dict`` gives, or ``yaml.safe_load``); ``inject_yaml``
+makes the same edits on YAML text, at the places PyYAML's composer reports, so that nothing else changes.
 """
 
 from __future__ import annotations
 
+import json
 import re
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from mlchaos_steps.argo.library import LIBRARY, RESTORE_RUN_TEMPLATE, STAGE_TEMPLATE, stage_run_key
 from mlchaos_steps.argo.stagedoc import StageDocument, read_stage, workflow_parameters
 from mlchaos_steps.argo.validate import _TOKEN, KINDS, parse_depends, validate_document
-from mlchaos_steps.errors import SpecError
+from mlchaos_steps.errors import InfrastructureError, SpecError
 
 _WRAPPABLE = ("container", "script")
 
 
-def _spec(document: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
-    if not isinstance(document, Mapping) or document.get("kind") not in KINDS:
-        kind = document.get("kind") if isinstance(document, Mapping) else type(document).__name__
-        raise SpecError("kind", f"{kind!r} is not an Argo workflow: give a {', '.join(KINDS)}")
-    spec = document.get("spec") or {}
-    if document["kind"] == "CronWorkflow":
-        spec = spec.get("workflowSpec") or {}
-    if spec.get("workflowTemplateRef") and not spec.get("templates"):
-        raise SpecError("--after", "this workflow is only a workflowTemplateRef to "
-                        f"{spec['workflowTemplateRef'].get('name')!r}: insert the stage into that WorkflowTemplate")
-    return spec
-
-
-def _holders(spec: Mapping[str, Any], after: str, template: str | None) -> list[tuple[Any, str]]:
-    """The templates with a task or step named ``after`` (restricted to ``template`` when given)."""
-    found = []
-    for t in spec.get("templates") or []:
-        if template is not None and t.get("name") != template:
-            continue
-        if t.get("dag") is not None and any(task.get("name") == after for task in t["dag"].get("tasks") or []):
-            found.append((t, "dag"))
-        elif t.get("steps") is not None and any(s.get("name") == after for g in t["steps"] or [] for s in g or []):
-            found.append((t, "steps"))
-    return found
-
-
-def _call(name: str, document: StageDocument, model: str, version: str, run_key: str,
-          literal: Callable[[str], Any]) -> dict[str, Any]:
+def _call(name: str, document: StageDocument, model: str, version: str, run_key: str) -> dict[str, Any]:
     return {
         "templateRef": {"name": LIBRARY, "template": STAGE_TEMPLATE},
-        "arguments": {"parameters": [{"name": "stage", "value": literal(document.text)},
+        "arguments": {"parameters": [{"name": "stage", "value": Literal(document.text)},
                                      {"name": "model", "value": model}, {"name": "version", "value": version},
                                      {"name": "lock", "value": document.lock}]},
         "hooks": {"exit": {"templateRef": {"name": LIBRARY, "template": RESTORE_RUN_TEMPLATE},
@@ -68,54 +46,103 @@ def _call(name: str, document: StageDocument, model: str, version: str, run_key:
     }
 
 
+class Literal(str):
+    """A string written as a YAML block literal (``|``): the stage document stays readable."""
+
+
+@dataclass(frozen=True)
+class Edit:
+    """One change, by its place in the document: ``item`` goes into the sequence at ``path`` after index
+    ``after`` (-1: first), or the scalar at ``path`` becomes ``value``."""
+
+    path: tuple[Any, ...]
+    after: int | None = None
+    item: Any = None
+    value: str | None = None
+
+
 def insert_stage(document: MutableMapping[str, Any], *, after: str, stage: str | Path | Mapping[str, Any],
                  before: str | None = None, template: str | None = None, name: str | None = None,
-                 model: str = "", version: str = "", literal: Callable[[str], Any] = str) -> str:
-    """Insert the stage into ``document`` in place and return the new task's name (see the module doc)."""
-    spec = _spec(document)
+                 model: str = "", version: str = "") -> list[Edit]:
+    """Insert the stage into ``document`` (plain data) in place; return the edits made, by path, so that a
+    YAML text can get exactly the same ones (see the module doc)."""
+    spec, base = _spec(document)
     stage_doc = read_stage(stage, workflow_parameters(spec), where="--stage")
     name = name or stage_doc.default_name
     holders = _holders(spec, after, template)
     if len(holders) > 1:
-        names = ", ".join(repr(t.get("name")) for t, _ in holders)
+        names = ", ".join(repr(spec["templates"][i].get("name")) for i, _ in holders)
         raise SpecError("--after", f"{after!r} is in several templates ({names}): pick one with --template")
     if holders:
-        holder, kind = holders[0]
+        index, kind = holders[0]
         insert = _into_dag if kind == "dag" else _into_steps
-        insert(holder, after, before, name, stage_doc, model, version, literal)
+        edits = insert(spec["templates"][index], (*base, "templates", index), after, before, name, stage_doc,
+                       model, version)
     else:
-        _wrap_entrypoint(spec, after, before, template, name, stage_doc, model, version, literal)
+        edits = _wrap_entrypoint(spec, base, after, before, template, name, stage_doc, model, version)
     problems = validate_document(document, source="the result")
     if problems:
         raise SpecError("--after", "the workflow with the stage inserted would not be valid: "
                         + "; ".join(str(p) for p in problems[:5]))
-    return name
+    return edits
 
 
-def _into_dag(holder: MutableMapping[str, Any], after: str, before: str | None, name: str, stage_doc: StageDocument,
-              model: str, version: str, literal: Callable[[str], Any]) -> None:
+def _spec(document: MutableMapping[str, Any]) -> tuple[MutableMapping[str, Any], tuple[str, ...]]:
+    if not isinstance(document, Mapping) or document.get("kind") not in KINDS:
+        kind = document.get("kind") if isinstance(document, Mapping) else type(document).__name__
+        raise SpecError("kind", f"{kind!r} is not an Argo workflow: give a {', '.join(KINDS)}")
+    spec, base = document.get("spec") or {}, ("spec",)
+    if document["kind"] == "CronWorkflow":
+        spec, base = spec.get("workflowSpec") or {}, ("spec", "workflowSpec")
+    if spec.get("workflowTemplateRef") and not spec.get("templates"):
+        raise SpecError("--after", "this workflow is only a workflowTemplateRef to "
+                        f"{spec['workflowTemplateRef'].get('name')!r}: insert the stage into that WorkflowTemplate")
+    return spec, base
+
+
+def _holders(spec: Mapping[str, Any], after: str, template: str | None) -> list[tuple[int, str]]:
+    """The templates (by index) with a task or step named ``after``, restricted to ``template`` when given."""
+    found = []
+    for i, t in enumerate(spec.get("templates") or []):
+        if template is not None and t.get("name") != template:
+            continue
+        if t.get("dag") is not None and any(task.get("name") == after for task in t["dag"].get("tasks") or []):
+            found.append((i, "dag"))
+        elif t.get("steps") is not None and any(s.get("name") == after for g in t["steps"] or [] for s in g or []):
+            found.append((i, "steps"))
+    return found
+
+
+def _into_dag(holder: MutableMapping[str, Any], path: tuple[Any, ...], after: str, before: str | None, name: str,
+              stage_doc: StageDocument, model: str, version: str) -> list[Edit]:
     tasks = holder["dag"]["tasks"]
     if any(t.get("name") == name for t in tasks):
         raise SpecError("--name", f"task {name!r} already exists in template {holder.get('name')!r}: choose another "
                         "name with --name")
-    with_dependencies = any(t.get("dependencies") is not None for t in tasks)
-    downstream = [t for t in tasks if _waits_for_success(t, after)]
+    downstream = [i for i, t in enumerate(tasks) if _waits_for_success(t, after)]
     if before is not None:
         if not any(t.get("name") == before for t in tasks):
             raise SpecError("--before", f"{before!r} is not a task of template {holder.get('name')!r}")
-        downstream = [t for t in downstream if t.get("name") == before]
+        downstream = [i for i in downstream if tasks[i].get("name") == before]
         if not downstream:
             raise SpecError("--before", f"{before!r} does not wait for {after!r} to succeed: give a task directly "
                             f"downstream of {after!r}, or leave --before out")
+    with_dependencies = any(t.get("dependencies") is not None for t in tasks)
     edge: dict[str, Any] = {"dependencies": [after]} if with_dependencies else {"depends": after}
-    task = {"name": name, **edge, **_call(name, stage_doc, model, version, stage_run_key(name), literal)}
-    for t in downstream:
-        if t.get("dependencies") is not None:
-            t["dependencies"][t["dependencies"].index(after)] = name
+    task = {"name": name, **edge, **_call(name, stage_doc, model, version, stage_run_key(name))}
+    tasks_path = (*path, "dag", "tasks")
+    edits = []
+    for i in downstream:
+        if tasks[i].get("dependencies") is not None:
+            where = tasks[i]["dependencies"].index(after)
+            tasks[i]["dependencies"][where] = name
+            edits.append(Edit((*tasks_path, i, "dependencies", where), value=name))
         else:
-            t["depends"] = rewrite_depends(str(t["depends"]), after, name)
+            tasks[i]["depends"] = rewrite_depends(str(tasks[i]["depends"]), after, name)
+            edits.append(Edit((*tasks_path, i, "depends"), value=tasks[i]["depends"]))
     index = next(i for i, t in enumerate(tasks) if t.get("name") == after)
     tasks.insert(index + 1, task)
+    return [*edits, Edit(tasks_path, after=index, item=task)]
 
 
 def _waits_for_success(task: Mapping[str, Any], after: str) -> bool:
@@ -144,8 +171,8 @@ def rewrite_depends(expression: str, old: str, new: str) -> str:
     return "".join(out)
 
 
-def _into_steps(holder: MutableMapping[str, Any], after: str, before: str | None, name: str,
-                stage_doc: StageDocument, model: str, version: str, literal: Callable[[str], Any]) -> None:
+def _into_steps(holder: MutableMapping[str, Any], path: tuple[Any, ...], after: str, before: str | None, name: str,
+                stage_doc: StageDocument, model: str, version: str) -> list[Edit]:
     groups = holder["steps"]
     index = next(i for i, g in enumerate(groups) if any(s.get("name") == after for s in g or []))
     if len(groups[index]) > 1:
@@ -159,12 +186,14 @@ def _into_steps(holder: MutableMapping[str, Any], after: str, before: str | None
                                                                    for s in groups[index + 1] or [])):
         raise SpecError("--before", f"{before!r} is not in the step group right after {after!r}: give a step of "
                         "the next group, or leave --before out")
-    step = {"name": name, **_call(name, stage_doc, model, version, stage_run_key(name, index + 1), literal)}
-    groups.insert(index + 1, [step])
+    group = [{"name": name, **_call(name, stage_doc, model, version, stage_run_key(name, index + 1))}]
+    groups.insert(index + 1, group)
+    return [Edit((*path, "steps"), after=index, item=group)]
 
 
-def _wrap_entrypoint(spec: MutableMapping[str, Any], after: str, before: str | None, template: str | None, name: str,
-                     stage_doc: StageDocument, model: str, version: str, literal: Callable[[str], Any]) -> None:
+def _wrap_entrypoint(spec: MutableMapping[str, Any], base: tuple[str, ...], after: str, before: str | None,
+                     template: str | None, name: str, stage_doc: StageDocument, model: str,
+                     version: str) -> list[Edit]:
     templates = spec.get("templates") or []
     entry = next((t for t in templates if t.get("name") == after), None)
     if entry is None or spec.get("entrypoint") != after or not any(entry.get(k) is not None for k in _WRAPPABLE):
@@ -177,97 +206,138 @@ def _wrap_entrypoint(spec: MutableMapping[str, Any], after: str, before: str | N
     wrapper = f"{after}-with-chaos"
     if any(t.get("name") in (wrapper, name) for t in templates) or name == after:
         raise SpecError("--name", f"{wrapper!r} or {name!r} is already a template name: choose another with --name")
-    inputs = entry.get("inputs") or {}
-    passed = [p for p in inputs.get("parameters") or [] if p.get("value") is None]
-    given_artifacts = {a.get("name") for a in (spec.get("arguments") or {}).get("artifacts") or []}
-    artifacts = [a for a in inputs.get("artifacts") or [] if a.get("name") in given_artifacts]
-    wrapper_inputs: dict[str, Any] = {}
-    if passed:
-        wrapper_inputs["parameters"] = [{k: p[k] for k in ("name", "default", "description") if k in p}
-                                        for p in passed]
-    if artifacts:
-        wrapper_inputs["artifacts"] = [{"name": a["name"]} for a in artifacts]
+    passed = [p for p in (entry.get("inputs") or {}).get("parameters") or [] if p.get("value") is None]
+    given = {a.get("name") for a in (spec.get("arguments") or {}).get("artifacts") or []}
+    artifacts = [a["name"] for a in (entry.get("inputs") or {}).get("artifacts") or [] if a.get("name") in given]
+    inputs: dict[str, Any] = {}
     arguments: dict[str, Any] = {}
     if passed:
+        inputs["parameters"] = [{k: p[k] for k in ("name", "default", "description") if k in p} for p in passed]
         arguments["parameters"] = [{"name": p["name"], "value": "{{inputs.parameters." + p["name"] + "}}"}
                                    for p in passed]
     if artifacts:
-        arguments["artifacts"] = [{"name": a["name"], "from": "{{inputs.artifacts." + a["name"] + "}}"}
-                                  for a in artifacts]
+        inputs["artifacts"] = [{"name": a} for a in artifacts]
+        arguments["artifacts"] = [{"name": a, "from": "{{inputs.artifacts." + a + "}}"} for a in artifacts]
     run = {"name": after, "template": after, **({"arguments": arguments} if arguments else {})}
-    chaos = {"name": name, "depends": after, **_call(name, stage_doc, model, version, stage_run_key(name), literal)}
-    dag = {"name": wrapper, **({"inputs": wrapper_inputs} if wrapper_inputs else {}),
-           "dag": {"tasks": [run, chaos]}}
+    chaos = {"name": name, "depends": after, **_call(name, stage_doc, model, version, stage_run_key(name))}
+    dag = {"name": wrapper, **({"inputs": inputs} if inputs else {}), "dag": {"tasks": [run, chaos]}}
     templates.insert(0, dag)
     spec["entrypoint"] = wrapper
+    return [Edit((*base, "entrypoint"), value=wrapper), Edit((*base, "templates"), after=-1, item=dag)]
 
 
 def _kind(template: Mapping[str, Any]) -> str:
     return next(k for k in _WRAPPABLE if template.get(k) is not None)
 
 
-# -- YAML, edited in place -------------------------------------------------------------------------------
+# -- YAML, edited as text ---------------------------------------------------------------------------------
 def inject_yaml(text: str, **options: Any) -> str:
-    """``insert_stage`` on YAML text, keeping the document as written (comments, quotes, flow style,
-    indentation, blank lines): the diff is the inserted task and the rewired dependencies."""
-    from io import StringIO
-
-    from ruamel.yaml import YAML
-    from ruamel.yaml.scalarstring import LiteralScalarString
-    from ruamel.yaml.util import load_yaml_guess_indent
-
-    yaml = YAML()
-    yaml.preserve_quotes = True
-    yaml.width = 4096
-    _, indent, block_seq_indent = load_yaml_guess_indent(text)
-    yaml.indent(mapping=2, sequence=max(indent, 2), offset=block_seq_indent or 0)
-
-    def dump(documents: list[Any]) -> str:
-        out = StringIO()
-        yaml.dump_all(documents, out)
-        return out.getvalue()
-
-    documents = list(yaml.load_all(text))
-    argo = [d for d in documents if isinstance(d, Mapping) and d.get("kind") in KINDS]
-    if len(argo) != 1:
-        raise SpecError("FILE", f"holds {len(argo)} Argo workflow documents: give a file with exactly one")
-    before = dump(documents)
-    insert_stage(argo[0], literal=LiteralScalarString, **options)
-    after = dump(documents)
-    return splice(text, before, after)
-
-
-def splice(original: str, dumped: str, edited: str) -> str:
-    """Apply the change ``dumped -> edited`` (both written by ruamel) to ``original`` (written by a person),
-    so that what ruamel would reformat on its own (a blank line, an indentation) stays as it was. Falls
-    back to ``edited`` when the change cannot be placed or the result would not load as ``edited`` does."""
-    from difflib import SequenceMatcher
-
+    """``insert_stage`` on YAML text. The document is changed as text, at the places PyYAML's composer
+    reports, so everything else (comments, quotes, flow style, indentation, blank lines) stays as written
+    and the diff is the inserted task and the rewired dependencies. The result must load as the edited
+    data does, or nothing is returned."""
     import yaml
 
-    lines, ruamel, wanted = original.splitlines(True), dumped.splitlines(True), edited.splitlines(True)
-    where = {}  # line of `dumped` -> the same line of `original`
-    for block in SequenceMatcher(None, lines, ruamel, autojunk=False).get_matching_blocks():
-        where.update({block.b + k: block.a + k for k in range(block.size)})
-    edits = []
-    for tag, i1, i2, j1, j2 in SequenceMatcher(None, ruamel, wanted, autojunk=False).get_opcodes():
-        if tag == "equal":
-            continue
-        if tag == "insert":
-            start = where[i1 - 1] + 1 if i1 - 1 in where else where.get(i1)
-            end = start
-        elif all(i in where for i in range(i1, i2)):
-            start, end = where[i1], where[i2 - 1] + 1
-        else:
-            start = None
-        if start is None:
-            return edited
-        edits.append((start, end, wanted[j1:j2]))
-    for start, end, replacement in sorted(edits, reverse=True):
-        lines[start:end] = replacement
-    result = "".join(lines)
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        same = list(yaml.safe_load_all(result)) == list(yaml.safe_load_all(edited))
-    except yaml.YAMLError:
-        same = False
-    return result if same else edited
+        documents = list(yaml.load_all(text, Loader=loader))
+        nodes = list(yaml.compose_all(text, Loader=loader))
+    except yaml.YAMLError as exc:
+        raise SpecError("FILE", f"is not valid YAML: {exc}") from exc
+    argo = [i for i, d in enumerate(documents) if isinstance(d, Mapping) and d.get("kind") in KINDS]
+    if len(argo) != 1:
+        raise SpecError("FILE", f"holds {len(argo)} Argo workflow documents: give a file with exactly one")
+    edits = insert_stage(documents[argo[0]], **options)
+    result = _apply(text, nodes[argo[0]], edits)
+    if list(yaml.load_all(result, Loader=loader)) != documents:
+        raise InfrastructureError("could not insert the stage while keeping the file as written: please report "
+                                  "this file; `mlchaos_steps.argo.insert.insert_stage` works on the data")
+    return result
+
+
+def _node(root: Any, path: tuple[Any, ...]) -> Any:
+    node = root
+    for key in path:
+        if isinstance(key, int):
+            node = node.value[key]
+        else:
+            node = next(v for k, v in node.value if k.value == key)
+    return node
+
+
+def _apply(text: str, root: Any, edits: list[Edit]) -> str:
+    changes = []  # (start, end, replacement) on the original text
+    for edit in edits:
+        node = _node(root, edit.path)
+        if edit.value is not None:
+            changes.append((node.start_mark.index, node.end_mark.index, _scalar(edit.value, node.style)))
+        else:
+            changes.append(_insertion(text, node, edit))
+    for start, end, replacement in sorted(changes, key=lambda c: c[0], reverse=True):
+        text = text[:start] + replacement + text[end:]
+    return text
+
+
+def _scalar(value: str, style: str | None) -> str:
+    if style == '"':
+        return json.dumps(value)
+    if style == "'":
+        return "'" + value.replace("'", "''") + "'"
+    return value
+
+
+def _insertion(text: str, sequence: Any, edit: Edit) -> tuple[int, int, str]:
+    """Where and what to insert for ``edit``: after item ``edit.after`` (or first) of the sequence."""
+    if sequence.flow_style:
+        if edit.after < 0:
+            at = sequence.value[0].start_mark.index
+            return at, at, json.dumps(edit.item) + ", "
+        at = sequence.value[edit.after].end_mark.index
+        return at, at, ", " + json.dumps(edit.item)
+    first = sequence.value[0]
+    dash = text.rfind("-", 0, first.start_mark.index)  # every item of a block sequence starts at this column
+    column = dash - (text.rfind("\n", 0, dash) + 1)
+    if edit.after < 0:  # first: above the comments that introduce the current first item
+        at = text.rfind("\n", 0, dash) + 1
+        while at > 0:
+            previous = text.rfind("\n", 0, at - 1) + 1
+            if text[previous:at].strip() and not text[previous:at].lstrip().startswith("#"):
+                break
+            at = previous
+        return at, at, _block_item(edit.item, column)
+    item = sequence.value[edit.after]
+    at = _end_of_content(text, item.start_mark.index, item.end_mark.index)
+    return at, at, _block_item(edit.item, column)
+
+
+def _end_of_content(text: str, start: int, end: int) -> int:
+    """Just after the last line of an item that is not blank or a comment (the next item's comments stay
+    with it)."""
+    lines = text[start:end].split("\n")
+    offset = start
+    last = start
+    for line in lines:
+        if line.strip() and not line.lstrip().startswith("#"):
+            last = offset + len(line)
+        offset += len(line) + 1
+    newline = text.find("\n", last)
+    return len(text) if newline < 0 else newline + 1
+
+
+def _block_item(item: Any, column: int) -> str:
+    """``item`` as a block sequence entry whose dash is at ``column``; nested sequences of sequences (a
+    step group) get one dash per level."""
+    import yaml
+
+    class Dumper(yaml.SafeDumper):
+        pass
+
+    Dumper.add_representer(Literal, lambda d, v: d.represent_scalar("tag:yaml.org,2002:str", v, style="|"))
+    dashes = "- "
+    while isinstance(item, list) and len(item) == 1:
+        item, dashes = item[0], dashes + "- "
+    body = yaml.dump(item, Dumper=Dumper, sort_keys=False, default_flow_style=False, width=4096, allow_unicode=True)
+    lines = body.splitlines()
+    pad = " " * (column + len(dashes))
+    out = [" " * column + dashes + lines[0]] + [pad + line if line else "" for line in lines[1:]]
+    return "\n".join(out) + "\n"
