@@ -71,8 +71,9 @@ def insert_stage(document: MutableMapping[str, Any], *, after: str, stage: str |
     name = name or stage_doc.default_name
     holders = _holders(spec, after, template)
     if len(holders) > 1:
-        names = ", ".join(repr(spec["templates"][i].get("name")) for i, _ in holders)
-        raise SpecError("--after", f"{after!r} is in several templates ({names}): pick one with --template")
+        names = ", ".join(f"{spec['templates'][i].get('name')!r} ({_where((*base, 'templates', i))})"
+                          for i, _ in holders)
+        raise SpecError("--after", f"{after!r} is in several templates: {names}; pick one with --template")
     if holders:
         index, kind = holders[0]
         insert = _into_dag if kind == "dag" else _into_steps
@@ -95,7 +96,7 @@ def _spec(document: MutableMapping[str, Any]) -> tuple[MutableMapping[str, Any],
     if document["kind"] == "CronWorkflow":
         spec, base = spec.get("workflowSpec") or {}, ("spec", "workflowSpec")
     if spec.get("workflowTemplateRef") and not spec.get("templates"):
-        raise SpecError("--after", "this workflow is only a workflowTemplateRef to "
+        raise SpecError("--after", f"{_where((*base, 'workflowTemplateRef'))}: this workflow is only a reference to "
                         f"{spec['workflowTemplateRef'].get('name')!r}: insert the stage into that WorkflowTemplate")
     return spec, base
 
@@ -113,20 +114,27 @@ def _holders(spec: Mapping[str, Any], after: str, template: str | None) -> list[
     return found
 
 
+def _where(path: tuple[Any, ...]) -> str:
+    """A path inside the document as the validator writes it: ``spec.templates[0].dag.tasks``."""
+    return "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
+
+
 def _into_dag(holder: MutableMapping[str, Any], path: tuple[Any, ...], after: str, before: str | None, name: str,
               stage_doc: StageDocument, model: str, version: str) -> list[Edit]:
     tasks = holder["dag"]["tasks"]
     if any(t.get("name") == name for t in tasks):
-        raise SpecError("--name", f"task {name!r} already exists in template {holder.get('name')!r}: choose another "
+        raise SpecError("--name", f"task {name!r} already exists at {_where((*path, 'dag', 'tasks'))}: choose another "
                         "name with --name")
     downstream = [i for i, t in enumerate(tasks) if _waits_for_success(t, after)]
     if before is not None:
         if not any(t.get("name") == before for t in tasks):
-            raise SpecError("--before", f"{before!r} is not a task of template {holder.get('name')!r}")
+            raise SpecError("--before", f"{before!r} is not a task at {_where((*path, 'dag', 'tasks'))}: give a task "
+                            f"of the DAG that holds {after!r}")
         downstream = [i for i in downstream if tasks[i].get("name") == before]
         if not downstream:
-            raise SpecError("--before", f"{before!r} does not wait for {after!r} to succeed: give a task directly "
-                            f"downstream of {after!r}, or leave --before out")
+            raise SpecError("--before", f"{before!r} (at {_where((*path, 'dag', 'tasks'))}) does not wait for "
+                            f"{after!r} to succeed: give a task directly downstream of {after!r}, or leave --before "
+                            "out")
     with_dependencies = any(t.get("dependencies") is not None for t in tasks)
     edge: dict[str, Any] = {"dependencies": [after]} if with_dependencies else {"depends": after}
     task = {"name": name, **edge, **_call(name, stage_doc, model, version, stage_run_key(name))}
@@ -177,15 +185,15 @@ def _into_steps(holder: MutableMapping[str, Any], path: tuple[Any, ...], after: 
     index = next(i for i, g in enumerate(groups) if any(s.get("name") == after for s in g or []))
     if len(groups[index]) > 1:
         others = [s.get("name") for s in groups[index] if s.get("name") != after]
-        raise SpecError("--after", f"{after!r} runs in parallel with {others} in template {holder.get('name')!r}: "
+        raise SpecError("--after", f"{after!r} runs in parallel with {others} at {_where((*path, 'steps', index))}: "
                         "there is no single point after it; insert after a step that runs alone")
     if any(s.get("name") == name for g in groups for s in g or []):
-        raise SpecError("--name", f"step {name!r} already exists in template {holder.get('name')!r}: choose another "
+        raise SpecError("--name", f"step {name!r} already exists in {_where((*path, 'steps'))}: choose another "
                         "name with --name")
     if before is not None and (index + 1 >= len(groups) or not any(s.get("name") == before
                                                                    for s in groups[index + 1] or [])):
-        raise SpecError("--before", f"{before!r} is not in the step group right after {after!r}: give a step of "
-                        "the next group, or leave --before out")
+        raise SpecError("--before", f"{before!r} is not in the step group right after {after!r} "
+                        f"({_where((*path, 'steps', index + 1))}): give a step of that group, or leave --before out")
     group = [{"name": name, **_call(name, stage_doc, model, version, stage_run_key(name, index + 1))}]
     groups.insert(index + 1, group)
     return [Edit((*path, "steps"), after=index, item=group)]
@@ -240,8 +248,7 @@ def inject_yaml(text: str, **options: Any) -> str:
 
     loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     try:
-        documents = list(yaml.load_all(text, Loader=loader))
-        nodes = list(yaml.compose_all(text, Loader=loader))
+        nodes, documents = _compose_and_construct(text, loader)
     except yaml.YAMLError as exc:
         raise SpecError("FILE", f"is not valid YAML: {exc}") from exc
     argo = [i for i, d in enumerate(documents) if isinstance(d, Mapping) and d.get("kind") in KINDS]
@@ -253,6 +260,20 @@ def inject_yaml(text: str, **options: Any) -> str:
         raise InfrastructureError("could not insert the stage while keeping the file as written: please report "
                                   "this file; `mlchaos_steps.argo.insert.insert_stage` works on the data")
     return result
+
+
+def _compose_and_construct(text: str, loader_class: Any) -> tuple[list[Any], list[Any]]:
+    """Each document's node tree (with the marks of where everything is) and its data, parsed once."""
+    loader = loader_class(text)
+    nodes, documents = [], []
+    try:
+        while loader.check_node():
+            node = loader.get_node()
+            nodes.append(node)
+            documents.append(loader.construct_document(node))
+    finally:
+        loader.dispose()
+    return nodes, documents
 
 
 def _node(root: Any, path: tuple[Any, ...]) -> Any:

@@ -41,10 +41,18 @@ def _library_text() -> str:
 
 
 def library_documents() -> list[dict[str, Any]]:
-    """The shipped WorkflowTemplate and janitor CronWorkflow, as data."""
+    """The shipped WorkflowTemplate and janitor CronWorkflow, as data (a fresh copy each call)."""
+    import copy
+
+    return copy.deepcopy(_parsed_library())
+
+
+@functools.cache
+def _parsed_library() -> list[dict[str, Any]]:
     import yaml
 
-    return [d for d in yaml.safe_load_all(_library_text()) if d]
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+    return [d for d in yaml.load_all(_library_text(), Loader=loader) if d]
 
 
 def library_yaml(image: str | None = None) -> str:
