@@ -409,7 +409,7 @@ def validate_files(paths: Iterable[str | Path], templates: Iterable[str | Path] 
     paths, templates = [str(p) for p in paths], [str(t) for t in templates]
     library = builtin_library()
     loaded: list[tuple[str, Any]] = []
-    for path in [*templates, *paths]:
+    for path in dict.fromkeys([*templates, *paths]):  # a file given twice is read once
         for i, document in enumerate(load_documents(Path(path))):
             if isinstance(document, Mapping):
                 library.add(document)
