@@ -20,7 +20,8 @@ from mlchaos_steps.argo.validate import parse_depends, validate_document
 from mlchaos_steps.errors import SpecError
 
 ROOT = Path(__file__).parent.parent
-EXAMPLES = Path(os.environ.get("MLCHAOS_ARGO_EXAMPLES", ROOT.parent / "shared" / "argo" / "examples"))
+EXAMPLES = Path(__file__).parent / "argo_examples"  # upstream's examples, copied (see its README)
+assert len(list(EXAMPLES.glob("*.yaml"))) == 5, f"{EXAMPLES} must hold the five Argo examples"
 LIBRARY_FILE = ROOT / "mlchaos_steps" / "argo" / "mlchaos-steps.yaml"
 STAGE = {"kind": "CheckpointWipe", "spec": {
     "store": "file:///data/checkpoints",
