@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-broken bench lint clean workflows image-check
+.PHONY: setup test demo demo-broken bench lint clean workflows image-check controlplane
 
 setup: $(STAMP)
 
@@ -21,12 +21,17 @@ ARGO_MODULE := github.com/argoproj/argo-workflows/v4
 ARGO_VERSION := v4.0.5
 ARGO := build/bin/argo
 
+# The Kubernetes control plane the tests run against: kube-apiserver and kube-controller-manager from the
+# k8s.io/kubernetes module, etcd from go.etcd.io/etcd (tools/controlplane/go.mod pins them). Built
+# once into build/controlplane; kubelets are simulated by tests/kube_agent.py.
+CONTROLPLANE := build/controlplane/.built
+
 # Tests run side by side in 6 processes (pytest-xdist, idle workers steal queued tests): most of them
 # wait on servers, recoveries and SLO windows, so 6 workers keep 2 cores busy. TEST_WORKERS=0 runs
 # them in this process, one by one.
 TEST_WORKERS ?= 6
 
-test: setup $(ARGO)
+test: setup $(ARGO) $(CONTROLPLANE)
 	ARGO_BIN=$(CURDIR)/$(ARGO) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 $(ARGO):
@@ -36,6 +41,14 @@ $(ARGO):
 	mkdir -p build/argo-src/ui/dist/app && echo "argo lint only" > build/argo-src/ui/dist/app/index.html
 	cd build/argo-src && go build -trimpath -o $(CURDIR)/$(ARGO) ./cmd/argo
 	rm -rf build/argo-src
+
+controlplane: $(CONTROLPLANE)
+
+$(CONTROLPLANE): tools/controlplane/go.mod tools/controlplane/go.sum tools/controlplane/cmd/etcd/main.go
+	mkdir -p build/controlplane
+	cd tools/controlplane && go build -trimpath -o $(CURDIR)/build/controlplane/ \
+		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager ./cmd/etcd
+	touch $@
 
 # Build the step image with buildah (no daemon) and run a stage inside it: opt-in, as root; about
 # 3½ minutes the first time (debootstrap makes the base), 2 after. See docker/image-check.sh.

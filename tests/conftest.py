@@ -222,18 +222,50 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory, worker_id: str
 
 
 SHARED_SERVER_FILE = "mlflow-server.json"
+SHARED_CLUSTER_FILE = "kube-cluster.json"
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
-    """The xdist controller stops the tracking server its workers shared."""
+    """The xdist controller stops the tracking server and the control plane its workers shared."""
     if hasattr(session.config, "workerinput"):
         return
     factory = getattr(session.config, "_tmp_path_factory", None)
-    info = factory.getbasetemp() / SHARED_SERVER_FILE if factory is not None else None
-    if info is not None and info.exists():
-        from mlchaos_steps.core.processes import stop_process_group
+    if factory is None:
+        return
+    from mlchaos_steps.core.processes import stop_process_group
 
+    info = factory.getbasetemp() / SHARED_SERVER_FILE
+    if info.exists():
         stop_process_group(json.loads(info.read_text())["pid"], grace_s=10)
+    cluster = factory.getbasetemp() / SHARED_CLUSTER_FILE
+    if cluster.exists():
+        for pid in json.loads(cluster.read_text())["pids"]:
+            stop_process_group(pid, grace_s=5)
+
+
+@pytest.fixture(scope="session")
+def kube_cluster(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[Any]:
+    """A real control plane (etcd, kube-apiserver with RBAC, kube-controller-manager; tests/kube.py) and
+    the simulated kubelets, started once for the whole run like the tracking server, shared by the
+    workers (each test works in namespaces of its own)."""
+    from filelock import FileLock
+    from kube import Cluster, ControlPlane
+
+    if worker_id == "master":
+        plane = ControlPlane(tmp_path_factory.mktemp("kube")).start()
+        plane.start_agent()
+        yield Cluster(plane.server, plane.ca, plane.admin_config, plane.root)
+        plane.stop()
+        return
+    run_root = tmp_path_factory.getbasetemp().parent
+    with FileLock(str(run_root / "kube-cluster.lock")):
+        info = run_root / SHARED_CLUSTER_FILE
+        if not info.exists():
+            plane = ControlPlane(run_root / "kube").start()
+            plane.start_agent()
+            info.write_text(json.dumps(plane.info()))
+        data = json.loads(info.read_text())
+    yield Cluster(data["server"], Path(data["ca"]), Path(data["admin_config"]), Path(data["root"]))
 
 
 @pytest.fixture
