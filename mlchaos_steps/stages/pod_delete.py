@@ -38,6 +38,7 @@ from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
+from mlchaos_steps.stages import pod_delete_k8s
 from mlchaos_steps.stages.parts import Probe, ProcessSelector
 from mlchaos_steps.targets import local
 
@@ -52,10 +53,42 @@ class LocalTarget(StrictModel):
     selector: ProcessSelector
 
 
-class PodDeleteTarget(StrictModel):
-    """Where the replicas run: ``local`` (processes on this machine)."""
+class KubernetesTarget(StrictModel):
+    namespace: str = Field(min_length=1, description="the namespace of the pods")
+    selector: str = Field(min_length=1, description="label selector, e.g. app=model-serving")
+    name_pattern: str | None = Field(default=None, description="regular expression the pod names must match")
+    kubeconfig: str | None = Field(default=None, description="kubeconfig file (default: $KUBECONFIG, in-cluster, "
+                                                             "~/.kube/config)")
+    context: str | None = None
 
-    local: LocalTarget
+    @model_validator(mode="after")
+    def _not_protected(self) -> KubernetesTarget:
+        from mlchaos_steps.targets.kubernetes import PROTECTED_NAMESPACES
+
+        if self.namespace in PROTECTED_NAMESPACES:
+            raise ValueError(f"namespace {self.namespace!r} is protected: chaos never runs in "
+                             f"{', '.join(sorted(PROTECTED_NAMESPACES))}")
+        if self.name_pattern is not None:
+            import re
+
+            try:
+                re.compile(self.name_pattern)
+            except re.error as exc:
+                raise ValueError(f"name_pattern is not a regular expression: {exc}") from exc
+        return self
+
+
+class PodDeleteTarget(StrictModel):
+    """Where the replicas run: ``local`` (processes on this machine) or ``kubernetes`` (pods)."""
+
+    local: LocalTarget | None = None
+    kubernetes: KubernetesTarget | None = None
+
+    @model_validator(mode="after")
+    def _one(self) -> PodDeleteTarget:
+        if (self.local is None) == (self.kubernetes is None):
+            raise ValueError("give exactly one of target.local and target.kubernetes")
+        return self
 
 
 class PodDelete(StageSpec):
@@ -70,7 +103,11 @@ class PodDelete(StageSpec):
     percent: float | None = Field(default=None, gt=0, le=100, description="share of replicas to kill")
     max_count: int = Field(default=10, ge=1, le=1000, description="hard cap on replicas killed in one run")
     signal: Literal["SIGKILL", "SIGTERM"] = "SIGKILL"
-    grace_s: float = Field(default=10, ge=0, description="with SIGTERM: wait this long, then SIGKILL")
+    grace_s: float = Field(default=10, ge=0, description="with SIGTERM: wait this long, then SIGKILL; on "
+                                                         "Kubernetes, the pods' deletion grace period")
+    order: Literal["random", "oldest"] = Field(default="random", description="which replicas: random (seeded) "
+                                                                               "or the oldest first")
+    seed: int | None = Field(default=None, description="seed of the random choice (default: the run key)")
     recovery_slo_s: float = Field(default=30, gt=0, le=3600)
     stable_s: float = Field(default=5, ge=0, le=600,
                             description="after recovery, the replica set must stay whole this long")
@@ -88,14 +125,20 @@ class PodDelete(StageSpec):
 
     @property
     def selector(self) -> ProcessSelector:
+        assert self.target.local is not None
         return self.target.local.selector
 
     def target_ids(self) -> list[str]:
+        if self.target.kubernetes is not None:
+            k = self.target.kubernetes
+            return [f"kubernetes-pods:{k.context or ''}/{k.namespace}/{k.selector}|{k.name_pattern or ''}"]
         env = ",".join(f"{k}={v}" for k, v in sorted(self.selector.env.items()))
         return [f"local-processes:{self.selector.cmdline or ''}|{env}"]
 
     def describe(self) -> str:
         how_many = f"{self.count}" if self.count is not None else f"{self.percent:g}%"
+        if self.target.kubernetes is not None:
+            return f"delete {how_many} pod(s) {self.target.kubernetes.selector} in {self.target.kubernetes.namespace}"
         return f"{self.signal} {how_many} replica(s) of {self.selector.cmdline or self.selector.env}"
 
     # -- phases -----------------------------------------------------------------------------------
@@ -155,23 +198,32 @@ class PodDelete(StageSpec):
         return [c for c in children if c.pid in serving]
 
     def plan(self, ctx: PhaseContext) -> dict[str, Any]:
+        if self.target.kubernetes is not None:
+            return pod_delete_k8s.plan(self)
         roots, workload, n = self._resolve()
         return {"roots": local.describe_processes(roots), "replicas": local.describe(workload["replicas"]),
                 "sidecars": local.describe(workload["sidecars"]), "would_kill": n, "signal": self.signal,
                 "readiness": workload["readiness"]}
 
+    def _steady_state(self) -> dict[str, Any] | None:
+        if not self.probe:
+            return None
+        samples = [sample_once(self.probe.http.url, self.probe.http.timeout_s, self.probe.http.expect_status)
+                   for _ in range(STEADY_SAMPLES)]
+        steady = summarize(samples)
+        if steady["success_ratio"] < self.probe.http.min_success_ratio:
+            raise InfrastructureError(
+                f"steady state not met before the fault: {self.probe.http.url} answered "
+                f"{steady['successes']}/{steady['requests']} probes; fix the service before testing it")
+        return steady
+
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
+        if self.target.kubernetes is not None:
+            pod_delete_k8s.resolve(self, pod_delete_k8s._core(self))  # refuse before probing anything
+            return pod_delete_k8s.snapshot(self, ctx, self._steady_state())
         roots, workload, n = self._resolve()
         replicas = workload["replicas"]
-        steady = None
-        if self.probe:
-            samples = [sample_once(self.probe.http.url, self.probe.http.timeout_s, self.probe.http.expect_status)
-                       for _ in range(STEADY_SAMPLES)]
-            steady = summarize(samples)
-            if steady["success_ratio"] < self.probe.http.min_success_ratio:
-                raise InfrastructureError(
-                    f"steady state not met before the fault: {self.probe.http.url} answered "
-                    f"{steady['successes']}/{steady['requests']} probes; fix the service before testing it")
+        steady = self._steady_state()
         victims = random.Random(ctx.run_key).sample(replicas, n)
         ctx.save(
             root_pids=[r.pid for r in roots],
@@ -193,8 +245,12 @@ class PodDelete(StageSpec):
             p = self.probe.http
             sampler = HttpSampler(p.url, p.interval_ms / 1000, p.timeout_s, p.expect_status).start()
         try:
-            killed_at, killed = self._kill(ctx, state)
-            observation = self._observe(state, killed_at)
+            if self.target.kubernetes is not None:
+                killed_at, killed, watch = pod_delete_k8s.delete(self, ctx, state)
+                observation = pod_delete_k8s.observe(self, state, killed_at, watch)
+            else:
+                killed_at, killed = self._kill(ctx, state)
+                observation = self._observe(state, killed_at)
         finally:
             samples = sampler.stop() if sampler else []
         recovered_at = observation.get("recovered_at") or observation["observed_until"]
@@ -276,7 +332,7 @@ class PodDelete(StageSpec):
         if problems:
             return Verdict.failed("; ".join(problems), metrics=metrics, evidence=evidence)
         availability = f", availability {metrics['availability']:.3f}" if "availability" in metrics else ""
-        how = "answered a request" if obs["readiness"] == "answered" else "alive"
+        how = {"answered": "answered a request", "ready": "Ready"}.get(obs["readiness"], "alive")
         return Verdict.passed(
             f"{len(obs['killed'])} replica(s) killed, all {obs['expected_replicas']} back ({how}) in "
             f"{obs['recovery_seconds']:.3f}s and whole for {self.stable_s:g}s after{availability}",
@@ -285,7 +341,7 @@ class PodDelete(StageSpec):
     def _recovery_problems(self, obs: dict[str, Any]) -> list[str]:
         problems = []
         if not obs["recovered"]:
-            how = "answered a request" if obs["readiness"] == "answered" else "were running"
+            how = {"answered": "answered a request", "ready": "were Ready"}.get(obs["readiness"], "were running")
             problems.append(f"only {obs['replicas_ready']} of {obs['expected_replicas']} replicas {how} within "
                             f"recovery_slo_s={self.recovery_slo_s:g}s")
             if obs.get("unanswered"):
@@ -317,8 +373,11 @@ class PodDelete(StageSpec):
 
     def _steady_after_problems(self, state: dict[str, Any], evidence: dict[str, Any]) -> list[str]:
         problems = []
-        roots = [r.pid for r in local.find_roots(self.selector.cmdline, self.selector.env)]
-        now_replicas = len(self._serving_now(roots, state.get("port")))
+        if self.target.kubernetes is not None:
+            now_replicas = pod_delete_k8s.ready_now(self)
+        else:
+            roots = [r.pid for r in local.find_roots(self.selector.cmdline, self.selector.env)]
+            now_replicas = len(self._serving_now(roots, state.get("port")))
         evidence["replicas_now"] = now_replicas
         if now_replicas < state["expected_replicas"]:
             problems.append(f"{now_replicas} of {state['expected_replicas']} replicas are running now")
@@ -333,6 +392,8 @@ class PodDelete(StageSpec):
     @classmethod
     def restore_action(cls, action: Action, ctx: PhaseContext) -> dict[str, Any]:
         """A killed process cannot be revived: wait for the workload to be whole again, up to the SLO."""
+        if action.kind == "delete-pod":
+            return pod_delete_k8s.restore_action(action)
         undo = action.undo
         selector = undo["selector"]
         deadline = undo["killed_at"] + undo["recovery_slo_s"]

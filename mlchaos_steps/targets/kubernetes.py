@@ -1,0 +1,117 @@
+"""Kubernetes, through the official client: credentials, protected namespaces, calls that say which
+permission they lacked, retries while the API server is away, and pod readiness.
+
+Credentials, first match: ``kubeconfig``/``context`` given in the spec, ``$KUBECONFIG``, the in-cluster
+service account (a step pod), ``~/.kube/config``. The ``kubernetes`` package loads inside these
+functions (DAG files that build stages never import it).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from mlchaos_steps.errors import InfrastructureError, SafetyError
+
+PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
+PROTECTED_LABEL = "mlchaos.io/protected"
+RETRY_ATTEMPTS = 5
+
+T = TypeVar("T")
+
+
+def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
+    """An ApiClient for the spec's credentials (see the module doc)."""
+    from kubernetes import client, config
+
+    if kubeconfig or context or os.environ.get("KUBECONFIG"):
+        # read $KUBECONFIG now: the client reads it once, when it is first imported
+        return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context)
+    try:
+        configuration = client.Configuration()
+        config.load_incluster_config(client_configuration=configuration)
+        return client.ApiClient(configuration)
+    except config.ConfigException:
+        return config.new_client_from_config()
+
+
+def call(verb: str, resource: str, namespace: str | None, function: Callable[..., T], *args: Any,
+         **kwargs: Any) -> T:
+    """``function(*args, **kwargs)``: a 403 becomes an InfrastructureError (exit 3) naming the verb and
+    resource the credentials lack; the API server unreachable or answering 5xx is retried with backoff,
+    then InfrastructureError (the verdict is inconclusive, never a pass)."""
+    from kubernetes.client import ApiException
+    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+    where = f" in namespace {namespace}" if namespace else ""
+
+    def transient(exc: BaseException) -> bool:
+        if isinstance(exc, ApiException):
+            return exc.status is None or exc.status == 0 or exc.status >= 500 or exc.status == 429
+        return isinstance(exc, OSError) or type(exc).__name__ in ("MaxRetryError", "ProtocolError",
+                                                                  "NewConnectionError")
+
+    try:
+        for attempt in Retrying(stop=stop_after_attempt(RETRY_ATTEMPTS), wait=wait_exponential(0.2, max=3),
+                                retry=retry_if_exception(transient), reraise=True):
+            with attempt:
+                return function(*args, **kwargs)
+    except ApiException as exc:
+        if exc.status == 403:
+            raise InfrastructureError(
+                f"forbidden: the credentials may not {verb} {resource}{where}: grant that verb on that resource "
+                "to the stage's ServiceAccount (docker/k8s/rbac.yaml lists what the stages need)") from exc
+        if exc.status in (None, 0) or exc.status >= 500 or exc.status == 429:
+            raise InfrastructureError(f"the API server did not answer {verb} {resource}{where}: {exc.status} "
+                                      f"{exc.reason}") from exc
+        raise
+    except Exception as exc:
+        if transient(exc):
+            raise InfrastructureError(f"the API server is unreachable ({verb} {resource}{where}): "
+                                      f"{type(exc).__name__}: {exc}") from exc
+        raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def require(api: Any, namespace: str, needs: list[tuple[str, str]]) -> None:
+    """Ask the API server (SelfSubjectAccessReview) whether these credentials may do each ``(verb,
+    resource)`` in ``namespace``; the first one refused stops the stage before it changes anything, with
+    an InfrastructureError (exit 3) naming the verb and resource."""
+    from kubernetes import client
+
+    authorization = client.AuthorizationV1Api(api)
+    for verb, resource in needs:
+        attributes = {"namespace": namespace, "verb": verb, "resource": resource,
+                      **({"name": namespace} if resource == "namespaces" else {})}
+        review = call("create", "selfsubjectaccessreviews", None, authorization.create_self_subject_access_review,
+                      {"spec": {"resourceAttributes": attributes}})
+        if not review.status.allowed:
+            raise InfrastructureError(
+                f"forbidden: the credentials may not {verb} {resource} in namespace {namespace}: grant that verb on "
+                "that resource to the stage's ServiceAccount (docker/k8s/rbac.yaml lists what the stages need)")
+
+
+def check_namespace(core: Any, namespace: str, field: str = "spec.target.kubernetes.namespace") -> None:
+    """Refuse (exit 2, before anything changes) the system namespaces and any labelled protected."""
+    if namespace in PROTECTED_NAMESPACES:
+        raise SafetyError(field, f"{namespace!r} is a protected namespace: chaos never runs there")
+    labels = call("get", "namespaces", None, core.read_namespace, namespace).metadata.labels or {}
+    if str(labels.get(PROTECTED_LABEL, "")).lower() == "true":
+        raise SafetyError(field, f"namespace {namespace!r} is labelled {PROTECTED_LABEL}=true: chaos never runs "
+                                 "there (remove the label to allow it)")
+
+
+def is_ready(pod: Any) -> bool:
+    """Running, not being deleted, and its Ready condition True."""
+    if pod.metadata.deletion_timestamp is not None or (pod.status.phase or "") != "Running":
+        return False
+    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
+
+
+def owner(pod: Any) -> str | None:
+    """The controller that replaces this pod when it is deleted (``ReplicaSet/serve-6f7``), or None."""
+    for reference in pod.metadata.owner_references or []:
+        if reference.controller:
+            return f"{reference.kind}/{reference.name}"
+    return None
