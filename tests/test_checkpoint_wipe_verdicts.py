@@ -6,6 +6,7 @@ loggers, multi-tier checkpointing, trainers that re-save in place), not the proj
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -88,7 +89,8 @@ print('{REPORT % 400}', flush=True)
         assert json.loads(proc.stdout)["verdict"] == "passed"
     finally:
         if marker.exists():
-            psutil.Process(int(marker.read_text())).kill()
+            with contextlib.suppress(psutil.NoSuchProcess):  # gone already: the engine may reap it too
+                psutil.Process(int(marker.read_text())).kill()
 
 
 def test_resume_command_that_never_exits_fails_at_its_timeout(store: Path) -> None:

@@ -53,7 +53,7 @@ def test_replacements_that_become_ready_pass(serving: tuple[str, Any]) -> None:
     namespace, api = serving
     before = _uids(api, namespace)
     outcome = run_stage(parse_stage(_doc(namespace)), "k8s-healthy")
-    assert outcome.verdict.status == "passed", outcome.verdict.reason
+    assert outcome.verdict.status == "passed", (outcome.verdict.reason, outcome.journal.read_text()[-3000:])
     observation = outcome.verdict.evidence["observation"]
     assert len(observation["killed"]) == 2 and observation["expected_replicas"] == 4
     assert observation["replacement_started_seconds"] is not None and observation["ready_timeline"]
@@ -123,7 +123,9 @@ def test_a_selector_matching_nothing_is_inconclusive_never_a_pass(serving: tuple
     assert outcome.verdict.status == "inconclusive" and "no targets" in outcome.verdict.reason
 
 
-@pytest.mark.parametrize("missing", [("pods", "delete"), ("pods", "list"), ("pods", "watch"), ("namespaces", "get")])
+@pytest.mark.parametrize("missing", [("pods", "delete"), ("pods", "list"), ("pods", "watch"), ("namespaces", "get"),
+                                     ("leases", "get"), ("leases", "create"), ("leases", "update"),
+                                     ("leases", "delete")])
 def test_without_any_one_permission_the_stage_stops_before_breaking_anything(
         kube_cluster: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, missing: tuple[str, str]) -> None:
     from kubernetes import client
@@ -152,7 +154,9 @@ def test_a_pod_replaced_under_its_name_is_never_deleted(serving: tuple[str, Any]
     old = core.read_namespaced_pod(victim, namespace)
     core.delete_namespaced_pod(victim, namespace, grace_period_seconds=0)
     wait_for(lambda: victim not in {p.metadata.name for p in core.list_namespaced_pod(namespace).items})
-    twin = client.V1Pod(metadata=client.V1ObjectMeta(name=victim, labels=old.metadata.labels),
+    # the same name and the stage's label, but not the ReplicaSet's pod-template-hash (it would adopt the
+    # twin and scale one pod away)
+    twin = client.V1Pod(metadata=client.V1ObjectMeta(name=victim, labels={"app": old.metadata.labels["app"]}),
                         spec=client.V1PodSpec(containers=[client.V1Container(name="serve", image="example/serve:1")],
                                               automount_service_account_token=False))
     created = client.CoreV1Api(api).create_namespaced_pod(namespace, twin)  # same name, new UID
@@ -176,3 +180,54 @@ def test_spec_is_checked_when_parsed() -> None:
             parse_stage(_doc(namespace))
     stage = parse_stage(_doc("ml"))
     assert stage.target_ids() == ["kubernetes-pods:/ml/app=model-serving|"]
+
+
+def _leases(api: Any, namespace: str) -> dict[str, str]:
+    from kubernetes import client
+
+    return {lease.metadata.name: lease.spec.holder_identity
+            for lease in client.CoordinationV1Api(api).list_namespaced_lease(namespace).items}
+
+
+def test_a_lease_keeps_a_second_machine_off_the_target_until_restore(serving: tuple[str, Any], tmp_path: Path,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from mlchaos_steps.errors import TargetBusy
+
+    namespace, api = serving
+    stage = parse_stage(_doc(namespace))
+    run_phase(stage, "snapshot", "k8s-first")
+    assert list(_leases(api, namespace).values()) == ["k8s-first"]
+    this_machine = os.environ["MLCHAOS_HOME"]
+    monkeypatch.setenv("MLCHAOS_HOME", str(tmp_path / "other-machine"))  # its own ledger: only the Lease is shared
+    with pytest.raises(TargetBusy, match="held by run 'k8s-first'"):
+        run_phase(stage, "snapshot", "k8s-second")
+    monkeypatch.setenv("MLCHAOS_HOME", this_machine)
+    run_phase(stage, "restore", "k8s-first")
+    assert _leases(api, namespace) == {}  # restore released it
+    monkeypatch.setenv("MLCHAOS_HOME", str(tmp_path / "other-machine"))  # a new run there (k8s-second is closed)
+    assert run_phase(stage, "snapshot", "k8s-third").status == "ok"
+    assert list(_leases(api, namespace).values()) == ["k8s-third"]
+    run_phase(stage, "restore", "k8s-third")
+
+
+def test_an_expired_lease_is_taken_over_and_orphaned_restore_releases(serving: tuple[str, Any]) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from kubernetes import client
+
+    from mlchaos_steps.api import restore_orphaned
+    from mlchaos_steps.targets.kubernetes import lease_name
+
+    namespace, api = serving
+    stage = parse_stage(_doc(namespace))
+    long_ago = datetime.now(UTC) - timedelta(hours=2)
+    client.CoordinationV1Api(api).create_namespaced_lease(namespace, client.V1Lease(
+        metadata=client.V1ObjectMeta(name=lease_name(stage.target_ids()[0])),
+        spec=client.V1LeaseSpec(holder_identity="crashed-run", lease_duration_seconds=600, acquire_time=long_ago,
+                                renew_time=long_ago)))
+    run_phase(stage, "snapshot", "k8s-takeover")
+    assert list(_leases(api, namespace).values()) == ["k8s-takeover"]
+    restore_orphaned(older_than_s=0)  # nobody owns the run between phases: the janitor closes it
+    assert _leases(api, namespace) == {}

@@ -67,6 +67,17 @@ class StageSpec(BaseModel):
         """A check once every action is undone (e.g. the model loads again); raise RestoreError if not."""
         return {}
 
+    def hold_targets(self, ctx: PhaseContext) -> None:
+        """Take what keeps other machines off the targets, beyond the ledger's lease (e.g. a Kubernetes
+        Lease); save what ``release_targets`` needs with ``ctx.save``. Called at snapshot, before anything
+        breaks. Default: nothing."""
+
+    @classmethod
+    def release_targets(cls, ctx: PhaseContext) -> dict[str, Any]:
+        """Give back what ``hold_targets`` took; idempotent. Called when the run is restored (and when a
+        snapshot fails)."""
+        return {}
+
     def model_ref(self, ctx: PhaseContext) -> ModelRef | None:
         """The exact model version the verdict goes onto, once a phase resolved one into the state."""
         return ctx.model_version

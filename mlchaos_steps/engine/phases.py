@@ -206,6 +206,7 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef |
             output = _take_snapshot(stage, PhaseContext(run_key, ledger, ledger.get(run_key)), target, observer)
         except BaseException as exc:
             ledger.release_leases(run_key)  # the target is free again
+            _release_targets(type(stage), PhaseContext(run_key, ledger, ledger.get(run_key)))
             if isinstance(exc, SpecError) and existing is None and not ledger.actions(run_key):
                 ledger.discard(run_key)  # bad input is refused without a trace in the ledger
             raise
@@ -213,11 +214,20 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef |
     return PhaseResult("snapshot", run_key, "ok", output, journal=journal)
 
 
+def _release_targets(cls: type[StageSpec], ctx: PhaseContext) -> None:
+    """After a failed snapshot: give back what it took; a failure here is logged (the lease expires)."""
+    try:
+        cls.release_targets(ctx)
+    except Exception as exc:
+        log.warning("could not release the targets of %s: %s", ctx.run_key, exc)
+
+
 def _take_snapshot(stage: StageSpec, ctx: PhaseContext, target: ModelRef | None, observer: Observer
                    ) -> dict[str, Any]:
     with target_locks(stage.target_ids()):
         for target_id in stage.target_ids():
             ctx.ledger.acquire_lease(target_id, ctx.run_key)
+        stage.hold_targets(ctx)
         output = stage.snapshot(ctx)
         # Before anything breaks, the version the verdict goes onto learns that a run is in progress
         # (the gate blocks), so a stale verdict of an earlier run can never stand for this one.
@@ -331,6 +341,11 @@ def _restore(run_key: str, ledger: Ledger, observer: Observer) -> dict[str, Any]
                 checks = cls.after_restore(ctx)
             except Exception as exc:
                 errors.append(f"after restore: {exc}")
+        if not errors:
+            try:
+                checks.update(cls.release_targets(ctx))
+            except Exception as exc:
+                errors.append(f"releasing the targets: {exc}")
     output = {"restored": len(done), "actions": done, "errors": errors, **({"checks": checks} if checks else {})}
     if not errors:
         ledger.release_leases(run_key)

@@ -219,7 +219,6 @@ class PodDelete(StageSpec):
 
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
         if self.target.kubernetes is not None:
-            pod_delete_k8s.resolve(self, pod_delete_k8s._core(self))  # refuse before probing anything
             return pod_delete_k8s.snapshot(self, ctx, self._steady_state())
         roots, workload, n = self._resolve()
         replicas = workload["replicas"]
@@ -388,6 +387,14 @@ class PodDelete(StageSpec):
             if after["success_ratio"] < self.probe.http.min_success_ratio:
                 problems.append(f"the service answers {after['successes']}/{after['requests']} probes now")
         return problems
+
+    def hold_targets(self, ctx: PhaseContext) -> None:
+        if self.target.kubernetes is not None:
+            pod_delete_k8s.take_lease(self, ctx)
+
+    @classmethod
+    def release_targets(cls, ctx: PhaseContext) -> dict[str, Any]:
+        return pod_delete_k8s.release(ctx)
 
     @classmethod
     def restore_action(cls, action: Action, ctx: PhaseContext) -> dict[str, Any]:

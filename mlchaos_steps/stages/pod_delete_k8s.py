@@ -38,7 +38,8 @@ class PodDelete(Protocol):
     stable_s: float
 
 FIELD = "spec.target.kubernetes"
-NEEDS = [("get", "namespaces"), ("list", "pods"), ("watch", "pods"), ("delete", "pods")]  # docker/k8s/rbac.yaml
+NEEDS = [("get", "namespaces"), ("list", "pods"), ("watch", "pods"), ("delete", "pods"),  # docker/k8s/rbac.yaml
+         ("get", "leases"), ("create", "leases"), ("update", "leases"), ("delete", "leases")]
 
 
 def _core(stage: PodDelete) -> Any:
@@ -109,6 +110,36 @@ def plan(stage: PodDelete) -> dict[str, Any]:
             "owners": sorted({kube.owner(p) or "-" for p in pods}), "order": stage.order}
 
 
+def lease_seconds(stage: PodDelete) -> int:
+    """How long the target's Lease holds without renewal: the whole fault window, with room to spare."""
+    return int(max(600, 2 * (stage.recovery_slo_s + stage.stable_s)))
+
+
+def take_lease(stage: PodDelete, ctx: PhaseContext) -> None:
+    """The target's Lease, for this run key (saved in the state: restore, also `restore --orphaned`,
+    releases it)."""
+    target = stage.target.kubernetes
+    assert target is not None
+    core = _core(stage)
+    if target.namespace in kube.PROTECTED_NAMESPACES:
+        kube.check_namespace(core, target.namespace)
+    kube.require(core.api_client, target.namespace, NEEDS)  # before the Lease: refuse with nothing taken
+    kube.check_namespace(core, target.namespace)
+    target_id = stage.target_ids()[0]
+    lease = {"namespace": target.namespace, "lease": kube.lease_name(target_id), "holder": ctx.run_key,
+             "kubeconfig": target.kubeconfig, "context": target.context}
+    kube.acquire_lease(core.api_client, target.namespace, lease["lease"], ctx.run_key, lease_seconds(stage), target_id)
+    ctx.save(k8s_lease=lease)
+
+
+def release(ctx: PhaseContext) -> dict[str, Any]:
+    lease = ctx.state.get("k8s_lease")
+    if not lease:
+        return {}
+    api = kube.api_client(lease.get("kubeconfig"), lease.get("context"))
+    return {"lease_released": kube.release_lease(api, lease["namespace"], lease["lease"], lease["holder"])}
+
+
 def snapshot(stage: PodDelete, ctx: PhaseContext, steady: dict[str, Any] | None) -> dict[str, Any]:
     core = _core(stage)
     pods, n = resolve(stage, core)
@@ -129,6 +160,9 @@ def delete(stage: PodDelete, ctx: PhaseContext, state: dict[str, Any]) -> tuple[
     target = stage.target.kubernetes
     assert target is not None
     core = _core(stage)
+    target_id = stage.target_ids()[0]  # renew the Lease: nobody else takes the target while we break it
+    kube.acquire_lease(core.api_client, target.namespace, kube.lease_name(target_id), ctx.run_key,
+                       lease_seconds(stage), target_id)
     _, version = _matching(stage, core)
     watch = _PodWatch(stage, core, version).start()
     undo = {"namespace": target.namespace, "selector": target.selector, "name_pattern": target.name_pattern,

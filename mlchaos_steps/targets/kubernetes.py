@@ -12,11 +12,12 @@ import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
-from mlchaos_steps.errors import InfrastructureError, SafetyError
+from mlchaos_steps.errors import InfrastructureError, SafetyError, TargetBusy
 
 PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 PROTECTED_LABEL = "mlchaos.io/protected"
 RETRY_ATTEMPTS = 5
+API_GROUPS = {"leases": "coordination.k8s.io", "deployments": "apps", "replicasets": "apps", "jobs": "batch"}
 
 T = TypeVar("T")
 
@@ -82,7 +83,7 @@ def require(api: Any, namespace: str, needs: list[tuple[str, str]]) -> None:
 
     authorization = client.AuthorizationV1Api(api)
     for verb, resource in needs:
-        attributes = {"namespace": namespace, "verb": verb, "resource": resource,
+        attributes = {"namespace": namespace, "verb": verb, "resource": resource, "group": API_GROUPS.get(resource, ""),
                       **({"name": namespace} if resource == "namespaces" else {})}
         review = call("create", "selfsubjectaccessreviews", None, authorization.create_self_subject_access_review,
                       {"spec": {"resourceAttributes": attributes}})
@@ -115,3 +116,79 @@ def owner(pod: Any) -> str | None:
         if reference.controller:
             return f"{reference.kind}/{reference.name}"
     return None
+
+
+# -- Leases: one run per target across machines ---------------------------------------------------------
+def lease_name(target_id: str) -> str:
+    """The Lease that stands for a target (``mlchaos-`` and a digest: any target id fits a name)."""
+    import hashlib
+
+    return "mlchaos-" + hashlib.sha256(target_id.encode()).hexdigest()[:20]
+
+
+def acquire_lease(api: Any, namespace: str, name: str, holder: str, duration_s: int, target_id: str) -> str:
+    """Take (or renew) the Lease ``namespace/name`` for run ``holder``. A Lease another run holds and has
+    renewed within its duration raises TargetBusy (exit 3); an expired one is taken over. Every write
+    carries the resourceVersion it read, so two runs racing for it cannot both win. Returns the new
+    resourceVersion."""
+    from datetime import UTC, datetime, timedelta
+
+    from kubernetes import client
+
+    coordination = client.CoordinationV1Api(api)
+    now = datetime.now(UTC)
+    try:
+        lease = call("get", "leases", namespace, coordination.read_namespaced_lease, name, namespace)
+    except client.ApiException as exc:
+        if exc.status != 404:
+            raise
+        body = client.V1Lease(
+            metadata=client.V1ObjectMeta(name=name, labels={"app.kubernetes.io/part-of": "mlchaos-steps"},
+                                         annotations={"mlchaos.io/target": target_id[:1000]}),
+            spec=client.V1LeaseSpec(holder_identity=holder, lease_duration_seconds=duration_s, acquire_time=now,
+                                    renew_time=now, lease_transitions=0))
+        try:
+            return call("create", "leases", namespace, coordination.create_namespaced_lease, namespace,
+                        body).metadata.resource_version
+        except client.ApiException as race:
+            if race.status == 409:
+                raise TargetBusy(f"target {target_id} was just taken by another run (Lease {namespace}/{name})") \
+                    from race
+            raise
+    spec = lease.spec
+    renewed = spec.renew_time or spec.acquire_time
+    expired = renewed is None or renewed + timedelta(seconds=spec.lease_duration_seconds or 0) < now
+    if spec.holder_identity and spec.holder_identity != holder and not expired:
+        raise TargetBusy(f"target {target_id} is held by run {spec.holder_identity!r} (Lease {namespace}/{name}, "
+                         f"renewed {renewed:%H:%M:%S} UTC, for {spec.lease_duration_seconds}s): wait for it to finish, "
+                         f"or run `mlchaos restore --run-key {spec.holder_identity}` if it crashed")
+    if spec.holder_identity != holder:
+        spec.lease_transitions = (spec.lease_transitions or 0) + 1
+        spec.acquire_time = now
+    spec.holder_identity, spec.renew_time, spec.lease_duration_seconds = holder, now, duration_s
+    try:
+        return call("update", "leases", namespace, coordination.replace_namespaced_lease, name, namespace,
+                    lease).metadata.resource_version
+    except client.ApiException as exc:
+        if exc.status == 409:
+            raise TargetBusy(f"target {target_id} was just taken by another run (Lease {namespace}/{name})") from exc
+        raise
+
+
+def release_lease(api: Any, namespace: str, name: str, holder: str) -> bool:
+    """Delete the Lease if ``holder`` still holds it (never one another run took over); True if deleted."""
+    from kubernetes import client
+
+    coordination = client.CoordinationV1Api(api)
+    try:
+        lease = call("get", "leases", namespace, coordination.read_namespaced_lease, name, namespace)
+        if lease.spec.holder_identity != holder:
+            return False
+        call("delete", "leases", namespace, coordination.delete_namespaced_lease, name, namespace,
+             body=client.V1DeleteOptions(preconditions=client.V1Preconditions(
+                 resource_version=lease.metadata.resource_version)))
+        return True
+    except client.ApiException as exc:
+        if exc.status in (404, 409):  # gone already, or renewed by someone else in between
+            return False
+        raise
