@@ -518,7 +518,90 @@ def argo_inject_500() -> dict[str, Any]:
             "seconds": stats(seconds, 3), "target_seconds_max": 0.2}
 
 
+def kube_pod_delete_1000() -> dict[str, Any]:
+    """pod-delete on 1,000 pods of a Deployment (20% chosen) against the real control plane of the tests,
+    side by side with chaostoolkit-kubernetes' `terminate_pods` through `chaos run` on the same cluster."""
+    sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+    from kube import ControlPlane
+    from kubernetes import client
+    from kubetools import deployment, ready_replicas, wait_for
+
+    from mlchaos_steps.api import run_phase
+    from mlchaos_steps.stages import parse_stage
+
+    work = Path(tempfile.mkdtemp(prefix="mlchaos-bench-kube-"))
+    plane = ControlPlane(work / "plane").start()
+    api = plane.admin_client()
+    ready_log = work / "ready.log"  # the agent (its own process, as in the tests) notes each Ready it reports
+    plane.start_agent({"MLCHAOS_AGENT_NODES": "10", "MLCHAOS_AGENT_READY_LOG": str(ready_log)})
+    os.environ["KUBECONFIG"] = str(plane.admin_config)
+    try:
+        client.CoreV1Api(api).create_namespace({"metadata": {"name": "bench"}})
+        t0 = time.perf_counter()
+        client.AppsV1Api(api).create_namespaced_deployment("bench", deployment("serve", 1000))
+        wait_for(lambda: ready_replicas(api, "bench", "serve") == 1000, timeout_s=600, what="1,000 pods Ready")
+        ready_s = time.perf_counter() - t0
+        doc = {"kind": "PodDelete", "spec": {"target": {"kubernetes": {"namespace": "bench", "selector": "app=serve"}},
+                                             "percent": 20, "max_count": 1000, "grace_s": 0, "seed": 1,
+                                             "recovery_slo_s": 300, "stable_s": 0}}
+        stage = parse_stage(doc)
+        mlchaos_s, detect_lag_ms, recovery_s = [], [], []
+        for i in range(min(REPEATS, 3)):
+            _fresh_home()
+            key = f"bench-kube-{i}"
+            t0 = time.perf_counter()
+            run_phase(stage, "snapshot", key)
+            snapshot_s = time.perf_counter() - t0
+            run_phase(stage, "inject", key)
+            observation = _observation(key)
+            mlchaos_s.append(snapshot_s + observation["kill_seconds"])
+            recovery_s.append(observation["recovery_seconds"])
+            last_ready = max(float(line) for line in ready_log.read_text().split())
+            detect_lag_ms.append((observation["recovered_at"] - last_ready) * 1000)
+            run_phase(stage, "restore", key)
+        chaos_s = [_chaos_run_terminate(work, 200) for _ in range(min(REPEATS, 3))]
+        wait_for(lambda: ready_replicas(api, "bench", "serve") == 1000, timeout_s=600)
+    finally:
+        plane.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return {"what": "pod-delete of 20% of a 1,000-pod Deployment on the tests' control plane: snapshot (permissions, "
+                    "Lease, list, choice) plus inject up to the last of 200 deletes (each written to the ledger "
+                    "with its UID first, then deleted under a UID precondition); recovery detection lag: the "
+                    "stage's recovered_at minus the moment the agent marked the last replacement Ready; "
+                    "chaostoolkit-kubernetes terminate_pods(qty=200) through `chaos run`, side by side",
+            "pods_ready_seconds": round(ready_s, 1), "mlchaos_select_ledger_delete_seconds": stats(mlchaos_s, 3),
+            "detection_lag_ms": stats(detect_lag_ms, 1), "recovery_seconds": stats(recovery_s, 2),
+            "chaos_run_terminate_seconds": stats(chaos_s, 3),
+            "chaos_run_over_mlchaos_ratio": round(statistics.median(chaos_s) / statistics.median(mlchaos_s), 2),
+            "target_select_ledger_delete_seconds_max": 2.0, "target_detection_lag_ms_max": 100}
+
+
+def _observation(run_key: str) -> dict[str, Any]:
+    from mlchaos_steps.ledgers import default_ledger
+
+    execution = default_ledger().get(run_key)
+    assert execution is not None
+    return dict(execution.state["observation"])
+
+
+def _chaos_run_terminate(work: Path, qty: int) -> float:
+    experiment = work / "experiment.json"
+    experiment.write_text(json.dumps({
+        "version": "1.0.0", "title": "terminate 20% of the serving pods", "description": "side by side",
+        "method": [{"type": "action", "name": "terminate-pods", "provider": {
+            "type": "python", "module": "chaosk8s.pod.actions", "func": "terminate_pods",
+            "arguments": {"label_selector": "app=serve", "ns": "bench", "qty": qty, "mode": "fixed",
+                          "rand": True, "grace_period": 0}}}]}))
+    t0 = time.perf_counter()
+    subprocess.run([str(Path(sys.executable).parent / "chaos"), "--no-log-file", "run", "--no-verify-tls",
+                    "--journal-path", str(work / "journal.json"), str(experiment)],
+                   capture_output=True, check=True, env={**os.environ, "KUBECONFIG": os.environ["KUBECONFIG"]},
+                   cwd=work)
+    return time.perf_counter() - t0
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "kube_pod_delete_1000": kube_pod_delete_1000,
     "argo_validate_500": argo_validate_500,
     "argo_inject_500": argo_inject_500,
     "airflow_parse": airflow_parse,

@@ -180,16 +180,12 @@ class LocalArgo:
                 phases[name] = "Omitted"
                 omitted_by[name] = [n for n, _ in operands]
                 continue
-            child_scope = {**scope, **{f"tasks.{t}.outputs.parameters.{k}": v for t in phases
-                                       for k, v in self.nodes[f"{node.name}.{t}"].outputs.items()
-                                       if f"{node.name}.{t}" in self.nodes}}
+            child_scope = {**scope, **self._task_outputs(node.name, phases)}
             child = self._call(f"{node.name}.{name}", task, templates, child_scope)
             phases[name] = "Failed" if child.phase in FAILED else child.phase
         targets = (template["dag"].get("target") or "").split() or _leaves(tasks)
         node.phase = "Failed" if any(_failed(t, phases, omitted_by) for t in targets) else "Succeeded"
-        out_scope = {**scope, **{f"tasks.{t}.outputs.parameters.{k}": v for t in phases
-                                 if f"{node.name}.{t}" in self.nodes
-                                 for k, v in self.nodes[f"{node.name}.{t}"].outputs.items()}}
+        out_scope = {**scope, **self._task_outputs(node.name, phases)}
         for parameter in (template.get("outputs") or {}).get("parameters", []):
             try:
                 node.outputs[parameter["name"]] = self.substitute(parameter["valueFrom"]["parameter"], out_scope,
@@ -197,6 +193,11 @@ class LocalArgo:
             except Unresolved:
                 if node.phase == "Succeeded":
                     raise
+
+    def _task_outputs(self, dag_node: str, tasks: Mapping[str, str]) -> dict[str, str]:
+        """``tasks.<name>.outputs.parameters.<p>`` of the tasks that ran (an Omitted task has no node)."""
+        return {f"tasks.{t}.outputs.parameters.{k}": v for t in tasks if f"{dag_node}.{t}" in self.nodes
+                for k, v in self.nodes[f"{dag_node}.{t}"].outputs.items()}
 
     def _call(self, child_name: str, caller: Mapping[str, Any], templates: list[Mapping[str, Any]],
               scope: Mapping[str, str]) -> Node:

@@ -65,9 +65,10 @@ class ControlPlane:
         (self.root / "tokens.csv").write_text(f'{self.admin_token},admin,admin,"system:masters"\n')
         self.sa_key, self.sa_pub = _rsa_key_pair(self.root)
 
-    def _start(self, name: str, argv: list[str]) -> None:
+    def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
         log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 (the process owns it)
-        self.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        self.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                                                env={**os.environ, **(env or {})})
 
     def start(self) -> ControlPlane:
         self._start("etcd", [_binary("etcd"), "--data-dir", str(self.root / "etcd"),
@@ -91,6 +92,7 @@ class ControlPlane:
             "--controllers=replicaset-controller,deployment-controller,job-controller,serviceaccount-controller,"
             "namespace-controller,garbage-collector-controller,serviceaccount-token-controller",
             f"--service-account-private-key-file={self.sa_key}", "--leader-elect=false",
+            "--kube-api-qps=200", "--kube-api-burst=400",
             "--bind-address=127.0.0.1", "--secure-port=0", "--v=0"])
         return self
 
@@ -125,12 +127,12 @@ class ControlPlane:
 
         return config.new_client_from_config(str(self.admin_config))
 
-    def start_agent(self) -> None:
+    def start_agent(self, env: dict[str, str] | None = None) -> None:
         """The simulated kubelets, in a process of their own (every test worker shares them)."""
         import sys
 
         self._start("kube-agent", [sys.executable, str(Path(__file__).with_name("kube_agent.py")),
-                                   str(self.admin_config)])
+                                   str(self.admin_config)], env)
 
     def info(self) -> dict[str, Any]:
         """What another test process needs to use this control plane (and stop it)."""

@@ -37,6 +37,8 @@ class NodeAgent:
         self._thread = threading.Thread(target=self._run, name="kube-agent", daemon=True)
         self._next = 0
         self.errors: list[str] = []
+        self._starting: set[str] = set()
+        self.on_ready: Any = None  # called with the time a pod was marked Ready (benchmarks)
 
     def start(self) -> NodeAgent:
         from kubernetes import client
@@ -92,7 +94,8 @@ class NodeAgent:
                     metadata=client.V1ObjectMeta(name=meta.name, uid=meta.uid),
                     target=client.V1ObjectReference(kind="Node", name=node)), _preload_content=False)
                 return
-            if (pod.status.phase or "Pending") == "Pending":
+            if (pod.status.phase or "Pending") == "Pending" and meta.uid not in self._starting:
+                self._starting.add(meta.uid)  # once per pod: a re-listed Pending pod is not started twice
                 threading.Timer(self.ready_after_s, self._started, args=(meta.namespace, meta.name, meta.uid,
                                                                           labels)).start()
         except client.ApiException as exc:
@@ -121,19 +124,27 @@ class NodeAgent:
                                  for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}
         try:
             self.core.patch_namespaced_pod_status(name, namespace, {"metadata": {"uid": uid}, "status": status})
+            if ready == "True" and self.on_ready is not None:
+                self.on_ready(time.time())
         except client.ApiException as exc:
             if exc.status not in (404, 409, 422):
                 self.errors.append(f"status {namespace}/{name}: {exc.status} {exc.reason}")
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
     import signal
     import sys
 
     from kubernetes import config
 
     args = sys.argv[1:] if argv is None else argv
-    agent = NodeAgent(config.new_client_from_config(args[0])).start()
+    agent = NodeAgent(config.new_client_from_config(args[0]), nodes=int(os.environ.get("MLCHAOS_AGENT_NODES", "2")))
+    ready_log = os.environ.get("MLCHAOS_AGENT_READY_LOG")  # benchmarks: when each pod was marked Ready
+    if ready_log:
+        handle = open(ready_log, "a", buffering=1)  # noqa: SIM115 (open while the agent runs)
+        agent.on_ready = lambda at: handle.write(f"{at}\n")
+    agent.start()
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     while not stop.wait(1):

@@ -78,6 +78,7 @@ def test_broken_retraining_fails_restores_and_the_gate_blocks(mlflow_server: str
     argo = _run("retraining.yaml", tmp_path, mlflow_server, workdir=str(work), model=model_name, broken="true")
     root = argo.run()
     assert root.phase == "Failed"
+    assert _node(argo, ".checkpoint-wipe.inject").phase == "Succeeded", _node(argo, ".checkpoint-wipe.inject").log
     verify = _node(argo, ".checkpoint-wipe.verify")
     assert verify.phase == "Failed" and _result(verify)["verdict"] == "failed", verify.log[-2000:]
     restore = _node(argo, ".checkpoint-wipe.restore")

@@ -115,6 +115,24 @@ def _write(namespace: str, name: str, **spec: Any) -> Path:
     return path
 
 
+def test_pods_that_were_never_ready_are_inconclusive_not_recovered(kube_cluster: Any, tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    from kube_agent import NEVER_READY
+    from kubernetes import client
+
+    api = kube_cluster.admin()
+    namespace = kube_cluster.namespace("unready")
+    apply_rbac(api, namespace, RBAC)
+    client.AppsV1Api(api).create_namespaced_deployment(namespace, deployment("model-serving", 2, {NEVER_READY: "true"}))
+    wait_for(lambda: len(client.CoreV1Api(api).list_namespaced_pod(namespace).items) == 2)
+    monkeypatch.setenv("KUBECONFIG", str(kube_cluster.service_account_config(namespace, "mlchaos-chaos",
+                                                                             tmp_path / "k")))
+    before = _uids(api, namespace)
+    outcome = run_stage(parse_stage(_doc(namespace)), "k8s-unready")
+    assert outcome.verdict.status == "inconclusive" and "none of the 2 pod(s)" in outcome.verdict.reason
+    assert _uids(api, namespace) == before
+
+
 def test_a_selector_matching_nothing_is_inconclusive_never_a_pass(serving: tuple[str, Any]) -> None:
     namespace, _ = serving
     doc = _doc(namespace)

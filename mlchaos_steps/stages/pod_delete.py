@@ -246,10 +246,13 @@ class PodDelete(StageSpec):
         try:
             if self.target.kubernetes is not None:
                 killed_at, killed, watch = pod_delete_k8s.delete(self, ctx, state)
+                kill_seconds = time.time() - killed_at
                 observation = pod_delete_k8s.observe(self, state, killed_at, watch)
             else:
                 killed_at, killed = self._kill(ctx, state)
+                kill_seconds = time.time() - killed_at
                 observation = self._observe(state, killed_at)
+            observation["kill_seconds"] = round(kill_seconds, 4)  # the first kill to the last
         finally:
             samples = sampler.stop() if sampler else []
         recovered_at = observation.get("recovered_at") or observation["observed_until"]

@@ -144,6 +144,9 @@ def snapshot(stage: PodDelete, ctx: PhaseContext, steady: dict[str, Any] | None)
     core = _core(stage)
     pods, n = resolve(stage, core)
     ready = [p for p in pods if kube.is_ready(p)]
+    if not ready:  # nothing to recover to: "all 0 back" would be a pass earned from nothing
+        raise InfrastructureError(f"steady state not met before the fault: none of the {len(pods)} pod(s) the "
+                                  "selector matches is Ready; fix the workload before testing it")
     victims = _victims(stage, pods, n, ctx.run_key)
     ctx.save(victims=[[v.metadata.name, v.metadata.uid] for v in victims],
              originals=[p.metadata.uid for p in pods], expected_replicas=len(ready), readiness="ready",
@@ -163,8 +166,7 @@ def delete(stage: PodDelete, ctx: PhaseContext, state: dict[str, Any]) -> tuple[
     target_id = stage.target_ids()[0]  # renew the Lease: nobody else takes the target while we break it
     kube.acquire_lease(core.api_client, target.namespace, kube.lease_name(target_id), ctx.run_key,
                        lease_seconds(stage), target_id)
-    _, version = _matching(stage, core)
-    watch = _PodWatch(stage, core, version).start()
+    watch = _PodWatch(stage, core).start()
     undo = {"namespace": target.namespace, "selector": target.selector, "name_pattern": target.name_pattern,
             "kubeconfig": target.kubeconfig, "context": target.context,
             "expected_replicas": state["expected_replicas"], "recovery_slo_s": stage.recovery_slo_s}
@@ -235,10 +237,16 @@ def _record(recovered: bool, deleted_at: float, now: float, watch: _PodWatch, ex
     return out
 
 
+def _ready_count(core: Any, namespace: str, selector: str, name_pattern: str | None) -> int:
+    pattern = re.compile(name_pattern) if name_pattern else None
+    return sum(kube.is_ready_raw(p) for p in kube.list_pods_raw(core, namespace, selector)["items"]
+               if pattern is None or pattern.fullmatch(p["metadata"]["name"]))
+
+
 def ready_now(stage: PodDelete) -> int:
-    core = _core(stage)
-    pods, _ = _matching(stage, core)
-    return sum(kube.is_ready(p) for p in pods)
+    target = stage.target.kubernetes
+    assert target is not None
+    return _ready_count(_core(stage), target.namespace, target.selector, target.name_pattern)
 
 
 def restore_action(action: Action) -> dict[str, Any]:
@@ -248,12 +256,9 @@ def restore_action(action: Action) -> dict[str, Any]:
 
     undo = action.undo
     core = client.CoreV1Api(kube.api_client(undo.get("kubeconfig"), undo.get("context")))
-    pattern = re.compile(undo["name_pattern"]) if undo.get("name_pattern") else None
     deadline = undo["deleted_at"] + undo["recovery_slo_s"]
     while True:
-        pods = kube.call("list", "pods", undo["namespace"], core.list_namespaced_pod, undo["namespace"],
-                         label_selector=undo["selector"]).items
-        ready = sum(kube.is_ready(p) for p in pods if pattern is None or pattern.fullmatch(p.metadata.name))
+        ready = _ready_count(core, undo["namespace"], undo["selector"], undo.get("name_pattern"))
         if ready >= undo["expected_replicas"]:
             return {"ready": ready}
         if time.time() > deadline:
@@ -266,12 +271,12 @@ def restore_action(action: Action) -> dict[str, Any]:
 class _PodWatch:
     """A watch on the selector's pods from a known resourceVersion: which exist, which are Ready, when."""
 
-    def __init__(self, stage: PodDelete, core: Any, resource_version: str):
+    def __init__(self, stage: PodDelete, core: Any):
         target = stage.target.kubernetes
         assert target is not None
         self.core, self.namespace, self.selector = core, target.namespace, target.selector
         self.pattern = re.compile(target.name_pattern) if target.name_pattern else None
-        self.version = resource_version
+        self.version = ""
         self.events: int = 0
         self.queue: queue.Queue[tuple[float, str, Any]] = queue.Queue()
         self.ready: dict[str, bool] = {}
@@ -284,12 +289,12 @@ class _PodWatch:
         self._thread = threading.Thread(target=self._run, name="pod-delete-watch", daemon=True)
 
     def start(self) -> _PodWatch:
-        pods = kube.call("list", "pods", self.namespace, self.core.list_namespaced_pod, self.namespace,
-                         label_selector=self.selector).items
-        for pod in pods:
-            if self._ours(pod):
-                self.present.add(pod.metadata.uid)
-                self.ready[pod.metadata.uid] = kube.is_ready(pod)
+        listed = kube.list_pods_raw(self.core, self.namespace, self.selector)
+        self.version = listed["metadata"]["resourceVersion"]  # the watch starts right after this list
+        for pod in listed["items"]:
+            if self.pattern is None or self.pattern.fullmatch(pod["metadata"]["name"]):
+                self.present.add(pod["metadata"]["uid"])
+                self.ready[pod["metadata"]["uid"]] = kube.is_ready_raw(pod)
         self.originals = set(self.present)
         self._thread.start()
         return self

@@ -103,6 +103,24 @@ def check_namespace(core: Any, namespace: str, field: str = "spec.target.kuberne
                                  "there (remove the label to allow it)")
 
 
+def list_pods_raw(core: Any, namespace: str, selector: str) -> dict[str, Any]:
+    """The pod list as plain JSON (``items``, ``metadata.resourceVersion``): a thousand pods parse in a
+    fraction of the time the client's models take."""
+    import json
+
+    response = call("list", "pods", namespace, core.list_namespaced_pod, namespace, label_selector=selector,
+                    _preload_content=False)
+    return json.loads(response.data)
+
+
+def is_ready_raw(pod: dict[str, Any]) -> bool:
+    """``is_ready`` on a pod as plain JSON."""
+    if pod["metadata"].get("deletionTimestamp") or pod.get("status", {}).get("phase") != "Running":
+        return False
+    return any(c.get("type") == "Ready" and c.get("status") == "True"
+               for c in pod.get("status", {}).get("conditions") or [])
+
+
 def is_ready(pod: Any) -> bool:
     """Running, not being deleted, and its Ready condition True."""
     if pod.metadata.deletion_timestamp is not None or (pod.status.phase or "") != "Running":
