@@ -83,13 +83,19 @@ def _victims(stage: PodDelete, pods: list[Any], n: int, run_key: str) -> list[An
     return random.Random(stage.seed if stage.seed is not None else run_key).sample(ordered, n)
 
 
-def resolve(stage: PodDelete, core: Any) -> tuple[list[Any], int]:
+def preflight(stage: PodDelete, core: Any) -> None:
+    """Before anything changes: not a protected namespace, and every permission the stage will use."""
     target = stage.target.kubernetes
     assert target is not None
     if target.namespace in kube.PROTECTED_NAMESPACES:  # before any call at all
         kube.check_namespace(core, target.namespace)
     kube.require(core.api_client, target.namespace, NEEDS)
     kube.check_namespace(core, target.namespace)
+
+
+def resolve(stage: PodDelete, core: Any) -> tuple[list[Any], int]:
+    target = stage.target.kubernetes
+    assert target is not None
     pods, _ = _matching(stage, core)
     if not pods:
         raise InfrastructureError(f"no targets: no pod in namespace {target.namespace} matches selector "
@@ -105,6 +111,7 @@ def resolve(stage: PodDelete, core: Any) -> tuple[list[Any], int]:
 
 def plan(stage: PodDelete) -> dict[str, Any]:
     core = _core(stage)
+    preflight(stage, core)
     pods, n = resolve(stage, core)
     return {"pods": [p.metadata.name for p in pods], "ready": sum(kube.is_ready(p) for p in pods), "would_delete": n,
             "owners": sorted({kube.owner(p) or "-" for p in pods}), "order": stage.order}
@@ -121,10 +128,7 @@ def take_lease(stage: PodDelete, ctx: PhaseContext) -> None:
     target = stage.target.kubernetes
     assert target is not None
     core = _core(stage)
-    if target.namespace in kube.PROTECTED_NAMESPACES:
-        kube.check_namespace(core, target.namespace)
-    kube.require(core.api_client, target.namespace, NEEDS)  # before the Lease: refuse with nothing taken
-    kube.check_namespace(core, target.namespace)
+    preflight(stage, core)  # before the Lease: refuse with nothing taken
     target_id = stage.target_ids()[0]
     lease = {"namespace": target.namespace, "lease": kube.lease_name(target_id), "holder": ctx.run_key,
              "kubeconfig": target.kubeconfig, "context": target.context}
