@@ -209,20 +209,28 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory, worker_id: str
         yield server
         server.stop()
         return
-    from filelock import FileLock
+    def start(root: Path) -> dict[str, Any]:
+        started = workloads.start_tracking_server(root)
+        return {"url": started.url, "pid": started.process.pid}
 
-    run_root = tmp_path_factory.getbasetemp().parent
-    with FileLock(str(run_root / "mlflow-server.lock")):
-        info = run_root / SHARED_SERVER_FILE
-        if not info.exists():
-            started = workloads.start_tracking_server(run_root / "mlflow-server")
-            info.write_text(json.dumps({"url": started.url, "pid": started.process.pid}))
-        url = json.loads(info.read_text())["url"]
-    yield SharedServer(url)
+    yield SharedServer(_started_once(tmp_path_factory, SHARED_SERVER_FILE, start)["url"])
 
 
 SHARED_SERVER_FILE = "mlflow-server.json"
 SHARED_CLUSTER_FILE = "kube-cluster.json"
+
+
+def _started_once(factory: pytest.TempPathFactory, info_file: str, start: Any) -> dict[str, Any]:
+    """For xdist workers: the first to ask starts the thing (``start(folder)`` returns what the others need,
+    pids included), under a file lock; the others read it. ``pytest_sessionfinish`` stops it."""
+    from filelock import FileLock
+
+    run_root = factory.getbasetemp().parent
+    info = run_root / info_file
+    with FileLock(str(info.with_suffix(".lock"))):
+        if not info.exists():
+            info.write_text(json.dumps(start(run_root / info.stem)))
+        return dict(json.loads(info.read_text()))
 
 
 def pytest_sessionfinish(session: pytest.Session) -> None:
@@ -248,7 +256,6 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> It
     """A real control plane (etcd, kube-apiserver with RBAC, kube-controller-manager; tests/kube.py) and
     the simulated kubelets, started once for the whole run like the tracking server, shared by the
     workers (each test works in namespaces of its own)."""
-    from filelock import FileLock
     from kube import Cluster, ControlPlane
 
     if worker_id == "master":
@@ -257,14 +264,12 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> It
         yield Cluster(plane.server, plane.ca, plane.admin_config, plane.root)
         plane.stop()
         return
-    run_root = tmp_path_factory.getbasetemp().parent
-    with FileLock(str(run_root / "kube-cluster.lock")):
-        info = run_root / SHARED_CLUSTER_FILE
-        if not info.exists():
-            plane = ControlPlane(run_root / "kube").start()
-            plane.start_agent()
-            info.write_text(json.dumps(plane.info()))
-        data = json.loads(info.read_text())
+    def start(root: Path) -> dict[str, Any]:
+        plane = ControlPlane(root).start()
+        plane.start_agent()
+        return plane.info()
+
+    data = _started_once(tmp_path_factory, SHARED_CLUSTER_FILE, start)
     yield Cluster(data["server"], Path(data["ca"]), Path(data["admin_config"]), Path(data["root"]))
 
 
