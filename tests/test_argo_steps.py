@@ -39,6 +39,12 @@ def _node(argo: LocalArgo, suffix: str) -> Any:
     return matches[0]
 
 
+def _failures(argo: LocalArgo) -> dict[str, str]:
+    """The nodes that did not succeed, with the end of their output: what a failing assertion shows."""
+    return {name: f"{node.phase}: {node.log[-1500:]}" for name, node in argo.nodes.items()
+            if node.phase != "Succeeded" and node.argv}
+
+
 def _champion(model: str) -> str | None:
     from mlchaos_steps.targets.mlflow import alias_version
 
@@ -50,7 +56,7 @@ def test_retraining_passes_promotes_and_a_retried_inject_is_skipped(mlflow_serve
     argo = _run("retraining.yaml", tmp_path, mlflow_server, workdir=str(tmp_path / "work"), model=model_name)
     argo.error_after = {"mlchaos-inject"}  # the first inject pod is evicted after it injected: Argo retries it
     root = argo.run()
-    assert root.phase == "Succeeded", {n: (v.phase, v.log[-800:]) for n, v in argo.nodes.items()}
+    assert root.phase == "Succeeded", _failures(argo)
     inject = _node(argo, ".checkpoint-wipe.inject")
     assert inject.attempts == 2 and inject.phase == "Succeeded"
     assert _result(inject)["status"] == "skipped", _result(inject)  # the retry never injects twice
@@ -104,7 +110,7 @@ def test_nightly_cron_workflow_runs_its_stages_on_the_champion(mlflow_server: st
                                                                tmp_path: Path) -> None:
     argo = _run("nightly.yaml", tmp_path, mlflow_server, workdir=str(tmp_path / "work"), model=model_name)
     root = argo.run()
-    assert root.phase == "Succeeded", {n: (v.phase, v.log[-800:]) for n, v in argo.nodes.items()}
+    assert root.phase == "Succeeded", _failures(argo)
     champion = _node(argo, ".champion").outputs["result"]
     from mlchaos_steps.targets.mlflow import client
 
@@ -132,7 +138,7 @@ def test_deployment_canary_failure_passes_and_promotes(deployment: str, mlflow_s
                                                        tmp_path: Path) -> None:
     argo = _run("deployment.yaml", tmp_path, mlflow_server, model=model_name, **{"router-url": deployment})
     root = argo.run()
-    assert root.phase == "Succeeded", {n: (v.phase, v.log[-800:]) for n, v in argo.nodes.items()}
+    assert root.phase == "Succeeded", _failures(argo)
     assert _result(_node(argo, ".gate"))["decision"] == "promoted"
     assert _champion(model_name) == _node(argo, ".candidate").outputs["result"]
 
