@@ -66,7 +66,8 @@ class NodeAgent:
 
         while not self._stop.is_set():
             try:
-                stream = watch.Watch().stream(self.core.list_pod_for_all_namespaces, timeout_seconds=2)
+                stream = watch.Watch().stream(self.core.list_pod_for_all_namespaces, timeout_seconds=60,
+                                              _request_timeout=70)
                 for event in stream:
                     if self._stop.is_set():
                         return
