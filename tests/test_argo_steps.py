@@ -143,9 +143,21 @@ def test_deployment_canary_failure_passes_and_promotes(deployment: str, mlflow_s
     assert _champion(model_name) == _node(argo, ".candidate").outputs["result"]
 
 
-def test_janitor_restores_what_a_terminated_workflow_left(mlflow_server: str, tmp_path: Path, store: Path) -> None:
-    """`argo terminate` after inject: nothing else runs; the janitor's restore-orphaned puts it back."""
+def test_janitor_restores_what_a_terminated_workflow_left(tmp_path: Path, store: Path) -> None:
+    """`argo terminate` after inject: nothing else runs; the janitor's restore-orphaned puts it back. On a
+    tracking server of its own: the janitor sweeps every open run of its ledger, other tests' too."""
     from conftest import wipe_doc
+
+    from mlchaos_steps.examples.workloads import start_tracking_server
+
+    own = start_tracking_server(tmp_path / "own-mlflow")
+    try:
+        _janitor(own.url, tmp_path, store, wipe_doc)
+    finally:
+        own.stop()
+
+
+def _janitor(mlflow_server: str, tmp_path: Path, store: Path, wipe_doc: Any) -> None:
 
     before = checkpoint_digests(store)
     stage = yaml.safe_dump(wipe_doc(store))
