@@ -40,6 +40,15 @@ def test_ledger_contract(ledger: Any) -> None:
     assert [a.state for a in ledger.actions(key)] == [ActionState.PLANNED]
     ledger.mark_action(action, ActionState.APPLIED, undo={"digest": "d", "extra": 1})
     assert ledger.actions(key)[0].undo == {"digest": "d", "extra": 1}
+    # many at once (pod-delete's 200 victims): planned in one write, after the earlier action, in order
+    batch = ledger.plan_actions(key, "delete-pod", [(f"pod:ns/p{i}", {"uid": f"u{i}"}) for i in range(150)])
+    recorded = ledger.actions(key)
+    assert [a.id for a in recorded] == [action.id] + [a.id for a in batch] and len(recorded) == 151
+    assert [a.target for a in recorded[1:]] == [f"pod:ns/p{i}" for i in range(150)]
+    assert {a.state for a in recorded[1:]} == {ActionState.PLANNED}
+    ledger.mark_actions(batch, ActionState.APPLIED)
+    assert {a.state for a in ledger.actions(key)} == {ActionState.APPLIED}
+    assert ledger.actions(key)[150].undo == {"uid": "u149"}
     ledger.acquire_lease("target-A", key)
     ledger.acquire_lease("target-A", key)  # re-entrant for the same run
     other = f"{key}-other"

@@ -89,3 +89,13 @@ class PhaseContext:
         action = self.ledger.plan_action(self.run_key, kind, target, undo)
         yield action
         self.ledger.mark_action(action, ActionState.APPLIED, undo=action.undo)
+
+    @contextmanager
+    def destructive_batch(self, kind: str, items: list[tuple[str, dict[str, Any]]]) -> Iterator[list[Action]]:
+        """``destructive`` for many targets at once: every action and its undo record reach the ledger (in
+        one write) before the body breaks any of them; all are marked ``applied`` when the body returns.
+        If the body raises, they stay ``planned`` and restore inspects the world, as for one action."""
+        check_kill_switch()
+        actions = self.ledger.plan_actions(self.run_key, kind, items)
+        yield actions
+        self.ledger.mark_actions(actions, ActionState.APPLIED)

@@ -167,6 +167,28 @@ class MlflowLedger:
             raise InfrastructureError(f"the undo record of {action.target} is too large for an MLflow tag")
         return text
 
+    def plan_actions(self, run_key: str, kind: str, items: list[tuple[str, dict[str, Any]]]) -> list[Action]:
+        """``plan_action`` for many targets, written in batches (MLflow takes 100 tags per request)."""
+        run = self._required(run_key)
+        first = len(self.actions(run_key)) + 1
+        planned = [Action(first + i, run_key, kind, target, undo, ActionState.PLANNED)
+                   for i, (target, undo) in enumerate(items)]
+        self._write_many(run.info.run_id, {f"{P}action.{a.id:05d}": self._action_json(a) for a in planned})
+        return planned
+
+    def mark_actions(self, actions: list[Action], state: str) -> None:
+        if not actions:
+            return
+        for action in actions:
+            action.state = state
+        run = self._required(actions[0].run_key)
+        self._write_many(run.info.run_id, {f"{P}action.{a.id:05d}": self._action_json(a) for a in actions})
+
+    def _write_many(self, run_id: str, tags: dict[str, str]) -> None:
+        items = list(tags.items())
+        for start in range(0, len(items), 100):
+            self._write(run_id, dict(items[start:start + 100]))
+
     def mark_action(self, action: Action, state: str, *, error: str | None = None,
                     undo: dict[str, Any] | None = None) -> None:
         if undo is not None:

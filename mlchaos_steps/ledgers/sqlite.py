@@ -210,6 +210,30 @@ class SqliteLedger:
         assert action_id is not None
         return Action(action_id, run_key, kind, target, undo, ActionState.PLANNED)
 
+    def plan_actions(self, run_key: str, kind: str, items: list[tuple[str, dict[str, Any]]]) -> list[Action]:
+        """``plan_action`` for many targets in one transaction (one sync to disk, not one per target)."""
+        now = time.time()
+        planned = []
+        with self._transaction() as db:
+            for target, undo in items:
+                cur = db.execute(
+                    "INSERT INTO actions (run_key, kind, target, undo_json, state, created_at, updated_at)"
+                    " VALUES (?,?,?,?,?,?,?)",
+                    (run_key, kind, target, json.dumps(undo), ActionState.PLANNED, now, now),
+                )
+                assert cur.lastrowid is not None
+                planned.append(Action(cur.lastrowid, run_key, kind, target, undo, ActionState.PLANNED))
+        return planned
+
+    def mark_actions(self, actions: list[Action], state: str) -> None:
+        """``mark_action`` for many actions in one transaction."""
+        now = time.time()
+        with self._transaction() as db:
+            for action in actions:
+                action.state = state
+                db.execute("UPDATE actions SET state = ?, undo_json = ?, updated_at = ? WHERE id = ?",
+                           (state, json.dumps(action.undo), now, action.id))
+
     def mark_action(
         self, action: Action, state: str, *, error: str | None = None, undo: dict[str, Any] | None = None
     ) -> None:
