@@ -22,13 +22,11 @@ Example::
 
 from __future__ import annotations
 
-import json
 import os
 import posixpath
 import re
 import shutil
 import time
-from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
@@ -39,9 +37,9 @@ from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
+from mlchaos_steps.stages.parts import RESUME_KEY, ResumeReport, parse_resume_reports
 from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore, check_store_url
 
-RESUME_KEY = "mlchaos_resumed_from_step"
 OUTPUT_TAIL_CHARS = 2000
 CHECKPOINT_PLACEHOLDER = "{checkpoint}"
 
@@ -106,33 +104,6 @@ class IntegrityCheck(StrictModel):
     timeout_s: float = Field(default=120, gt=0)
 
     _command = field_validator("command", mode="before")(_argument_list)
-
-
-@dataclass(frozen=True)
-class ResumeReport:
-    """One ``{"mlchaos_resumed_from_step": N, "source": ..., "digest": ...}`` line of the resume command."""
-
-    step: int
-    source: str | None = None
-    digest: str | None = None
-
-
-def parse_resume_reports(stdout: str) -> list[ResumeReport]:
-    """Every resume report in the command's standard output, in order."""
-    reports = []
-    for line in stdout.splitlines():
-        line = line.strip()
-        if not line.startswith("{") or RESUME_KEY not in line:
-            continue
-        try:
-            data = json.loads(line)
-            value = data.get(RESUME_KEY)
-            step = int(value or 0)
-        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
-            continue
-        source, digest = data.get("source"), data.get("digest")
-        reports.append(ResumeReport(step, str(source) if source else None, str(digest) if digest else None))
-    return reports
 
 
 class CheckpointWipe(StageSpec):

@@ -1,4 +1,5 @@
-"""Spec parts more than one stage uses: which processes make up a workload, and the HTTP probe.
+"""Spec parts more than one stage uses: which processes make up a workload, the HTTP probe, and the
+resume contract of training (checkpoint-wipe's resume command, pod-delete's training pods).
 
 Example::
 
@@ -8,7 +9,9 @@ Example::
 
 from __future__ import annotations
 
+import json
 import re
+from dataclasses import dataclass
 
 from pydantic import Field, field_validator, model_validator
 
@@ -79,3 +82,33 @@ class HttpProbe(StrictModel):
 
 class Probe(StrictModel):
     http: HttpProbe
+
+
+RESUME_KEY = "mlchaos_resumed_from_step"
+
+
+@dataclass(frozen=True)
+class ResumeReport:
+    """One ``{"mlchaos_resumed_from_step": N, "source": ..., "digest": ...}`` line of the resume command."""
+
+    step: int
+    source: str | None = None
+    digest: str | None = None
+
+
+def parse_resume_reports(stdout: str) -> list[ResumeReport]:
+    """Every resume report in the command's standard output, in order."""
+    reports = []
+    for line in stdout.splitlines():
+        line = line.strip()
+        if not line.startswith("{") or RESUME_KEY not in line:
+            continue
+        try:
+            data = json.loads(line)
+            value = data.get(RESUME_KEY)
+            step = int(value or 0)
+        except (json.JSONDecodeError, AttributeError, TypeError, ValueError):
+            continue
+        source, digest = data.get("source"), data.get("digest")
+        reports.append(ResumeReport(step, str(source) if source else None, str(digest) if digest else None))
+    return reports

@@ -38,7 +38,7 @@ from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
-from mlchaos_steps.stages import pod_delete_k8s
+from mlchaos_steps.stages import pod_delete_k8s, pod_resume
 from mlchaos_steps.stages.parts import Probe, ProcessSelector
 from mlchaos_steps.targets import local
 
@@ -112,9 +112,13 @@ class PodDelete(StageSpec):
     stable_s: float = Field(default=5, ge=0, le=600,
                             description="after recovery, the replica set must stay whole this long")
     probe: Probe | None = None
+    resume: pod_resume.PodResume | None = Field(
+        default=None, description="training pods (Kubernetes): the replacement must resume from a checkpoint")
 
     @model_validator(mode="after")
     def _blast_radius(self) -> PodDelete:
+        if self.resume is not None and self.target.kubernetes is None:
+            raise ValueError("resume applies to training pods: it needs target.kubernetes")
         if self.count is None and self.percent is None:
             raise ValueError("set count (replicas to kill) or percent")
         if self.count is not None and self.percent is not None:
@@ -245,9 +249,16 @@ class PodDelete(StageSpec):
             sampler = HttpSampler(p.url, p.interval_ms / 1000, p.timeout_s, p.expect_status).start()
         try:
             if self.target.kubernetes is not None:
+                # training pods: the store before the deletes, and once the victims are gone (a victim may
+                # still write a checkpoint while it terminates)
+                faults = [pod_resume.at_fault(self.resume)] if self.resume else []
                 killed_at, killed, watch = pod_delete_k8s.delete(self, ctx, state)
                 kill_seconds = time.time() - killed_at
-                observation = pod_delete_k8s.observe(self, state, killed_at, watch)
+                observation = pod_delete_k8s.observe(self, state, killed_at, watch, on_victims_gone=(
+                    (lambda: faults.append(pod_resume.at_fault(self.resume))) if self.resume else None))
+                if self.resume and observation["recovered"]:
+                    observation["resume"] = pod_delete_k8s.resume_evidence(self, killed_at, watch,
+                                                                           pod_resume.merge(faults))
             else:
                 killed_at, killed = self._kill(ctx, state)
                 kill_seconds = time.time() - killed_at
@@ -330,6 +341,9 @@ class PodDelete(StageSpec):
                 return Verdict.inconclusive("the probe took no sample during the fault", metrics=metrics,
                                             evidence=evidence)
             problems += self._availability_problems(probe, obs.get("probe_after_recovery"), obs["recovered"])
+        if self.resume and obs.get("resume"):
+            problems += pod_resume.problems(self.resume, obs["resume"])
+            metrics.update(pod_resume.metrics(obs["resume"]))
         problems += self._steady_after_problems(state, evidence)
         if problems:
             return Verdict.failed("; ".join(problems), metrics=metrics, evidence=evidence)

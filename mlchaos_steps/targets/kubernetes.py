@@ -9,41 +9,47 @@ functions (DAG files that build stages never import it).
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from mlchaos_steps.errors import InfrastructureError, SafetyError, TargetBusy
 
 PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 PROTECTED_LABEL = "mlchaos.io/protected"
-RETRY_ATTEMPTS = 5
+RETRY_SECONDS = 30.0  # how long a call keeps retrying while the API server is away (MLCHAOS_KUBE_RETRY_S)
 API_GROUPS = {"leases": "coordination.k8s.io", "deployments": "apps", "replicasets": "apps", "jobs": "batch"}
 
 T = TypeVar("T")
 
 
-def api_client(kubeconfig: str | None = None, context: str | None = None) -> Any:
-    """An ApiClient for the spec's credentials (see the module doc)."""
+def api_client(kubeconfig: str | None = None, context: str | None = None, pool: int | None = None) -> Any:
+    """An ApiClient for the spec's credentials (see the module doc); ``pool``: connections kept open (the
+    client's default is 5 per CPU, too few for a stage deleting hundreds of pods at once)."""
     from kubernetes import client, config
 
+    configuration = type.__call__(client.Configuration)
+    if pool:
+        configuration.connection_pool_maxsize = pool
     if kubeconfig or context or os.environ.get("KUBECONFIG"):
         # read $KUBECONFIG now: the client reads it once, when it is first imported
-        return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context)
+        return config.new_client_from_config(config_file=kubeconfig or os.environ.get("KUBECONFIG"), context=context,
+                                             client_configuration=configuration)
     try:
-        configuration = client.Configuration()
         config.load_incluster_config(client_configuration=configuration)
         return client.ApiClient(configuration)
     except config.ConfigException:
-        return config.new_client_from_config()
+        return config.new_client_from_config(client_configuration=configuration)
 
 
 def call(verb: str, resource: str, namespace: str | None, function: Callable[..., T], *args: Any,
          **kwargs: Any) -> T:
     """``function(*args, **kwargs)``: a 403 becomes an InfrastructureError (exit 3) naming the verb and
-    resource the credentials lack; the API server unreachable or answering 5xx is retried with backoff,
-    then InfrastructureError (the verdict is inconclusive, never a pass)."""
+    resource the credentials lack; the API server unreachable or answering 5xx is retried with backoff
+    for up to ``MLCHAOS_KUBE_RETRY_S`` seconds (default 30: an API server restarting), then
+    InfrastructureError (the verdict is inconclusive, never a pass)."""
     from kubernetes.client import ApiException
-    from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_exponential
+    from tenacity import Retrying, retry_if_exception, stop_after_delay, wait_exponential
 
     where = f" in namespace {namespace}" if namespace else ""
 
@@ -54,7 +60,8 @@ def call(verb: str, resource: str, namespace: str | None, function: Callable[...
                                                                   "NewConnectionError")
 
     try:
-        for attempt in Retrying(stop=stop_after_attempt(RETRY_ATTEMPTS), wait=wait_exponential(0.2, max=3),
+        budget = float(os.environ.get("MLCHAOS_KUBE_RETRY_S", RETRY_SECONDS))
+        for attempt in Retrying(stop=stop_after_delay(budget), wait=wait_exponential(0.2, max=3),
                                 retry=retry_if_exception(transient), reraise=True):
             with attempt:
                 return function(*args, **kwargs)
@@ -79,15 +86,25 @@ def require(api: Any, namespace: str, needs: list[tuple[str, str]]) -> None:
     """Ask the API server (SelfSubjectAccessReview) whether these credentials may do each ``(verb,
     resource)`` in ``namespace``; the first one refused stops the stage before it changes anything, with
     an InfrastructureError (exit 3) naming the verb and resource."""
+    from concurrent.futures import ThreadPoolExecutor
+
     from kubernetes import client
 
     authorization = client.AuthorizationV1Api(api)
-    for verb, resource in needs:
-        attributes = {"namespace": namespace, "verb": verb, "resource": resource, "group": API_GROUPS.get(resource, ""),
-                      **({"name": namespace} if resource == "namespaces" else {})}
+
+    def allowed(need: tuple[str, str]) -> bool:
+        verb, resource = need
+        kind, _, subresource = resource.partition("/")  # pods/log: resource pods, subresource log
+        attributes = {"namespace": namespace, "verb": verb, "resource": kind, "subresource": subresource,
+                      "group": API_GROUPS.get(kind, ""), **({"name": namespace} if kind == "namespaces" else {})}
         review = call("create", "selfsubjectaccessreviews", None, authorization.create_self_subject_access_review,
                       {"spec": {"resourceAttributes": attributes}})
-        if not review.status.allowed:
+        return bool(review.status.allowed)
+
+    with ThreadPoolExecutor(min(8, len(needs)) or 1, "access-review") as pool:  # one round trip, not one per need
+        answers = list(pool.map(allowed, needs))
+    for (verb, resource), ok in zip(needs, answers, strict=True):
+        if not ok:
             raise InfrastructureError(
                 f"forbidden: the credentials may not {verb} {resource} in namespace {namespace}: grant that verb on "
                 "that resource to the stage's ServiceAccount (docker/k8s/rbac.yaml lists what the stages need)")
@@ -103,13 +120,13 @@ def check_namespace(core: Any, namespace: str, field: str = "spec.target.kuberne
                                  "there (remove the label to allow it)")
 
 
-def list_pods_raw(core: Any, namespace: str, selector: str) -> dict[str, Any]:
+def list_pods_raw(core: Any, namespace: str, selector: str, field_selector: str | None = None) -> dict[str, Any]:
     """The pod list as plain JSON (``items``, ``metadata.resourceVersion``): a thousand pods parse in a
     fraction of the time the client's models take."""
     import json
 
     response = call("list", "pods", namespace, core.list_namespaced_pod, namespace, label_selector=selector,
-                    _preload_content=False)
+                    field_selector=field_selector, _preload_content=False)
     return json.loads(response.data)
 
 
@@ -121,18 +138,11 @@ def is_ready_raw(pod: dict[str, Any]) -> bool:
                for c in pod.get("status", {}).get("conditions") or [])
 
 
-def is_ready(pod: Any) -> bool:
-    """Running, not being deleted, and its Ready condition True."""
-    if pod.metadata.deletion_timestamp is not None or (pod.status.phase or "") != "Running":
-        return False
-    return any(c.type == "Ready" and c.status == "True" for c in pod.status.conditions or [])
-
-
-def owner(pod: Any) -> str | None:
+def owner_raw(pod: dict[str, Any]) -> str | None:
     """The controller that replaces this pod when it is deleted (``ReplicaSet/serve-6f7``), or None."""
-    for reference in pod.metadata.owner_references or []:
-        if reference.controller:
-            return f"{reference.kind}/{reference.name}"
+    for reference in pod["metadata"].get("ownerReferences") or []:
+        if reference.get("controller"):
+            return f"{reference['kind']}/{reference['name']}"
     return None
 
 
@@ -144,7 +154,8 @@ def lease_name(target_id: str) -> str:
     return "mlchaos-" + hashlib.sha256(target_id.encode()).hexdigest()[:20]
 
 
-def acquire_lease(api: Any, namespace: str, name: str, holder: str, duration_s: int, target_id: str) -> str:
+def acquire_lease(api: Any, namespace: str, name: str, holder: str, duration_s: int, target_id: str,
+                  crashed_hint: str = "run `mlchaos restore --run-key {holder}` if it crashed") -> str:
     """Take (or renew) the Lease ``namespace/name`` for run ``holder``. A Lease another run holds and has
     renewed within its duration raises TargetBusy (exit 3); an expired one is taken over. Every write
     carries the resourceVersion it read, so two runs racing for it cannot both win. Returns the new
@@ -179,7 +190,7 @@ def acquire_lease(api: Any, namespace: str, name: str, holder: str, duration_s: 
     if spec.holder_identity and spec.holder_identity != holder and not expired:
         raise TargetBusy(f"target {target_id} is held by run {spec.holder_identity!r} (Lease {namespace}/{name}, "
                          f"renewed {renewed:%H:%M:%S} UTC, for {spec.lease_duration_seconds}s): wait for it to finish, "
-                         f"or run `mlchaos restore --run-key {spec.holder_identity}` if it crashed")
+                         f"or {crashed_hint.format(holder=spec.holder_identity)}")
     if spec.holder_identity != holder:
         spec.lease_transitions = (spec.lease_transitions or 0) + 1
         spec.acquire_time = now
@@ -210,3 +221,44 @@ def release_lease(api: Any, namespace: str, name: str, holder: str) -> bool:
         if exc.status in (404, 409):  # gone already, or renewed by someone else in between
             return False
         raise
+
+
+SERVICE_ACCOUNT_NAMESPACE = "/var/run/secrets/kubernetes.io/serviceaccount/namespace"
+
+
+def lease_namespace() -> str | None:
+    """Where cluster-wide locks live: ``MLCHAOS_LEASE_NAMESPACE``, else, in a pod, the pod's own namespace;
+    None off-cluster (locks are then files on this machine)."""
+    if os.environ.get("MLCHAOS_LEASE_NAMESPACE"):
+        return os.environ["MLCHAOS_LEASE_NAMESPACE"]
+    if os.environ.get("KUBERNETES_SERVICE_HOST") and os.path.exists(SERVICE_ACCOUNT_NAMESPACE):
+        with open(SERVICE_ACCOUNT_NAMESPACE) as handle:
+            return handle.read().strip() or None
+    return None
+
+
+@contextmanager
+def held_lease(namespace: str, key: str, duration_s: int = 60, wait_s: float = 120) -> Iterator[str]:
+    """Hold the Lease for ``key`` in ``namespace`` for the block, waiting up to ``wait_s`` while another
+    holder has it (a holder that died frees it when its Lease expires, after ``duration_s``)."""
+    import socket
+    import time
+    import uuid
+
+    api = api_client()
+    name = lease_name(key)
+    holder = f"{socket.gethostname()}/{os.getpid()}/{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            acquire_lease(api, namespace, name, holder, duration_s, key,
+                          crashed_hint=f"if it crashed, its Lease expires {duration_s}s after its last renewal")
+            break
+        except TargetBusy as busy:
+            if time.monotonic() > deadline:
+                raise TargetBusy(f"waited {wait_s:g}s for {key}: {busy}") from busy
+            time.sleep(0.2)
+    try:
+        yield holder
+    finally:
+        release_lease(api, namespace, name, holder)
