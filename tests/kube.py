@@ -66,7 +66,7 @@ class ControlPlane:
         self.sa_key, self.sa_pub = _rsa_key_pair(self.root)
 
     def _start(self, name: str, argv: list[str], env: dict[str, str] | None = None) -> None:
-        log = open(self.root / f"{name}.log", "wb")  # noqa: SIM115 (the process owns it)
+        log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115 (the process owns it)
         self.processes[name] = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                                 env={**os.environ, **(env or {})})
 
@@ -76,6 +76,19 @@ class ControlPlane:
                              "--advertise-client-urls", f"http://127.0.0.1:{self.etcd_port}",
                              "--listen-peer-urls", f"http://127.0.0.1:{free_port()}",
                              "--log-level", "warn", "--unsafe-no-fsync"])
+        self.start_apiserver()
+        self.admin_config = kubeconfig(self.root / "admin.kubeconfig", self.server, self.admin_token, self.ca)
+        self._start("kube-controller-manager", [
+            _binary("kube-controller-manager"), f"--kubeconfig={self.admin_config}",
+            "--controllers=replicaset-controller,deployment-controller,job-controller,serviceaccount-controller,"
+            "namespace-controller,garbage-collector-controller,serviceaccount-token-controller",
+            f"--service-account-private-key-file={self.sa_key}", "--leader-elect=false",
+            "--kube-api-qps=200", "--kube-api-burst=400",
+            "--bind-address=127.0.0.1", "--secure-port=0", "--v=0"])
+        return self
+
+    def start_apiserver(self) -> None:
+        """(Re)start the API server on its port, with the same certificates and keys; wait until ready."""
         self._start("kube-apiserver", [
             _binary("kube-apiserver"), f"--etcd-servers=http://127.0.0.1:{self.etcd_port}",
             "--bind-address=127.0.0.1", "--advertise-address=127.0.0.1", f"--secure-port={self.port}",
@@ -86,15 +99,10 @@ class ControlPlane:
             "--service-cluster-ip-range=10.96.0.0/16", "--allow-privileged=true", "--v=0",
             "--enable-priority-and-fairness=false", "--endpoint-reconciler-type=none"])
         self._wait_ready()
-        self.admin_config = kubeconfig(self.root / "admin.kubeconfig", self.server, self.admin_token, self.ca)
-        self._start("kube-controller-manager", [
-            _binary("kube-controller-manager"), f"--kubeconfig={self.admin_config}",
-            "--controllers=replicaset-controller,deployment-controller,job-controller,serviceaccount-controller,"
-            "namespace-controller,garbage-collector-controller,serviceaccount-token-controller",
-            f"--service-account-private-key-file={self.sa_key}", "--leader-elect=false",
-            "--kube-api-qps=200", "--kube-api-burst=400",
-            "--bind-address=127.0.0.1", "--secure-port=0", "--v=0"])
-        return self
+
+    def stop_apiserver(self) -> None:
+        """Stop the API server (etcd and its data stay): clients see connections refused."""
+        stop_process_group(self.processes["kube-apiserver"].pid, grace_s=5)
 
     @property
     def ca(self) -> Path:

@@ -2,9 +2,10 @@
 
 Fails closed: a ``failed``, ``inconclusive``, ``pending`` or missing verdict blocks, and so does a
 verdict whose run did not restore cleanly or whose evidence run does not stand behind it; a blocked
-gate never moves anything. Either way it writes ``mlchaos.gate`` (promoted|blocked) and ``mlchaos.gate.reason``. Gates
-on one model are serialised by a lock; a version that loses the alias to a later promotion is tagged
-``superseded``, so exactly one version carries ``mlchaos.gate=promoted``: the one the alias points to.
+gate never moves anything. Either way it writes ``mlchaos.gate`` (promoted|blocked) and
+``mlchaos.gate.reason``. Gates on one model are serialised by a lock (a file lock, and a Lease in a
+cluster); a version that loses the alias to a later promotion is tagged ``superseded``, so exactly
+one version carries ``mlchaos.gate=promoted``: the one the alias points to.
 
 Example::
 
@@ -16,7 +17,10 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 from filelock import FileLock
@@ -120,11 +124,23 @@ def evidence_runs(tags: dict[str, str], require: list[str]) -> dict[str, Evidenc
     return found
 
 
-def _lock(model: str) -> FileLock:
+@contextmanager
+def _lock(model: str) -> Iterator[None]:
+    """Gates on one model run one at a time: a file lock on this machine and, in a cluster (or with
+    ``MLCHAOS_LEASE_NAMESPACE``), a Lease, so gates in different pods wait for each other too."""
     key = hashlib.sha256(f"{tracking_uri()}|{model}".encode()).hexdigest()[:24]
     folder = config.home() / "locks"
     folder.mkdir(parents=True, exist_ok=True)
-    return FileLock(str(folder / f"gate-{key}.lock"))
+    with FileLock(str(folder / f"gate-{key}.lock")):
+        from mlchaos_steps.targets import kubernetes
+
+        namespace = kubernetes.lease_namespace()
+        if namespace is None:
+            yield
+            return
+        wait_s = float(os.environ.get("MLCHAOS_GATE_WAIT_S", "120"))
+        with kubernetes.held_lease(namespace, f"gate:{tracking_uri()}|{model}", wait_s=wait_s):
+            yield
 
 
 def promote(model: str, version: str, require: list[str], alias: str = "champion",
