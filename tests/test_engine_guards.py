@@ -192,3 +192,15 @@ def test_kill_switch_during_inject_stops_the_damage_writer_and_restores(tmp_path
     restore_run("stop-inject")
     assert tree_digests(store) == before
     assert not (store / ".mlchaos-quarantine").exists()
+
+
+def test_servers_get_ports_below_the_range_outgoing_connections_use() -> None:
+    import socket
+
+    from mlchaos_steps.examples.workloads import _ephemeral_low, free_port, free_port_block
+
+    low = _ephemeral_low()
+    for port in [free_port() for _ in range(50)] + [free_port_block(4) + 3]:
+        assert 10000 <= port < low
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", port))  # free when handed out

@@ -16,7 +16,29 @@ from mlchaos_steps.core.processes import stop_process_group
 from mlchaos_steps.core.waiting import wait_until
 
 
+def _ephemeral_low() -> int:
+    """The first port the kernel hands to outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
 def free_port() -> int:
+    """A port free now, chosen below the kernel's ephemeral range: a server started a while later must
+    not find it taken as the source port of some outgoing connection (the demo's deploy once failed with
+    "Address already in use" that way, while the tests made thousands of connections)."""
+    import random
+
+    low = _ephemeral_low()
+    for _ in range(200):
+        port = random.randrange(10000, max(10001, low - 64))  # noqa: S311 (not for security; room for blocks)
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
