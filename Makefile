@@ -26,12 +26,17 @@ ARGO := build/bin/argo
 # once into build/controlplane; kubelets are simulated by tests/kube_agent.py.
 CONTROLPLANE := build/controlplane/.built
 
+# Argo Rollouts' own Rollout CRD, taken from its Go module: the tests install it in their control plane.
+ROLLOUTS_MODULE := github.com/argoproj/argo-rollouts
+ROLLOUTS_VERSION := v1.8.3
+ROLLOUTS_CRD := build/crds/rollout-crd.yaml
+
 # Tests run side by side in 6 processes (pytest-xdist, idle workers steal queued tests): most of them
 # wait on servers, recoveries and SLO windows, so 6 workers keep 2 cores busy. TEST_WORKERS=0 runs
 # them in this process, one by one.
 TEST_WORKERS ?= 6
 
-test: setup $(ARGO) $(CONTROLPLANE)
+test: setup $(ARGO) $(CONTROLPLANE) $(ROLLOUTS_CRD)
 	ARGO_BIN=$(CURDIR)/$(ARGO) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 $(ARGO):
@@ -43,6 +48,12 @@ $(ARGO):
 	rm -rf build/argo-src
 
 controlplane: $(CONTROLPLANE)
+
+$(ROLLOUTS_CRD):
+	go mod download $(ROLLOUTS_MODULE)@$(ROLLOUTS_VERSION)
+	mkdir -p build/crds
+	cp "$$(go env GOMODCACHE)/$(ROLLOUTS_MODULE)@$(ROLLOUTS_VERSION)/manifests/crds/rollout-crd.yaml" $@
+	chmod u+w $@
 
 $(CONTROLPLANE): tools/controlplane/go.mod tools/controlplane/go.sum tools/controlplane/cmd/etcd/main.go
 	mkdir -p build/controlplane

@@ -35,6 +35,7 @@ from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel, version_or_alias
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
+from mlchaos_steps.stages import canary_k8s
 from mlchaos_steps.stages.parts import ProcessSelector
 
 POLL_S = 0.05
@@ -76,6 +77,9 @@ class CanaryFailure(StageSpec):
     candidate: str = Field(description="the version the canary serves: a number or an @alias")
     champion_alias: str = "champion"
     router: RouterRef
+    rollout: canary_k8s.RolloutSource | None = Field(
+        default=None, description="read the rollout's state from Kubernetes (an Argo Rollouts Rollout or a "
+                                  "stable/canary Deployment pair) instead of the router's /mlchaos/state")
     fault: Literal["crash", "errors", "latency"] = "errors"
     delay_ms: float = Field(default=3000, gt=0, description="with fault: latency")
     canary: CanaryTarget | None = Field(default=None, description="the canary's processes (fault: crash)")
@@ -89,6 +93,9 @@ class CanaryFailure(StageSpec):
     def _crash_needs_processes(self) -> CanaryFailure:
         if self.fault == "crash" and self.canary is None:
             raise ValueError("fault: crash needs canary.selector to find the canary's processes")
+        if self.fault == "crash" and self.rollout is not None:
+            raise ValueError("fault: crash kills local processes; on Kubernetes use errors or latency (the router's "
+                             "fault filter), or pod-delete on the canary's pods")
         return self
 
     def target_ids(self) -> list[str]:
@@ -98,6 +105,11 @@ class CanaryFailure(StageSpec):
         return f"{self.fault} on the canary of {self.model} {self.candidate}"
 
     def _state(self) -> dict[str, Any]:
+        if self.rollout is not None:
+            state = canary_k8s.state(self.rollout.kubernetes)
+            if state.get("aborted_at") is not None:
+                state["aborted_at"] = _timestamp(state["aborted_at"])
+            return state
         try:
             status, body, _ = http_request(self.router.url.rstrip("/") + "/mlchaos/state", 5)
         except NETWORK_ERRORS as exc:
@@ -141,6 +153,8 @@ class CanaryFailure(StageSpec):
         from mlchaos_steps.targets.mlflow import alias_version, resolve_version
 
         ref = resolve_version(self.model, self.candidate, field="spec.candidate")
+        if self.rollout is not None:  # before anything changes: permissions, protected namespace
+            canary_k8s.preflight(self.rollout.kubernetes)
         router = self._state()
         if router.get("phase") != "Progressing" or not router.get("canary_weight"):
             raise InfrastructureError(f"no canary is in progress at {self.router.url} (phase {router.get('phase')}, "
@@ -221,6 +235,12 @@ class CanaryFailure(StageSpec):
             state = self._state()
             if state.get("phase") == "Aborted" and state.get("canary_weight") == 0:
                 aborted_at = state.get("aborted_at")
+                if self.rollout is not None:
+                    # the cluster keeps whole seconds (or no time at all): the abort counts from when it was
+                    # seen, and only an abort recorded more than a second before the fault is stale
+                    recorded, aborted_at = aborted_at, time.time()
+                    if recorded is not None and recorded < injected_at - 1:
+                        aborted_at = recorded
                 if aborted_at is None:
                     raise InfrastructureError(f"the router says Aborted but gives no aborted_at time: {CONTRACT}")
                 if aborted_at < injected_at:

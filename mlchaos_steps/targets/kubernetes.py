@@ -18,7 +18,8 @@ from mlchaos_steps.errors import InfrastructureError, SafetyError, TargetBusy
 PROTECTED_NAMESPACES = frozenset({"kube-system", "kube-public", "kube-node-lease"})
 PROTECTED_LABEL = "mlchaos.io/protected"
 RETRY_SECONDS = 30.0  # how long a call keeps retrying while the API server is away (MLCHAOS_KUBE_RETRY_S)
-API_GROUPS = {"leases": "coordination.k8s.io", "deployments": "apps", "replicasets": "apps", "jobs": "batch"}
+API_GROUPS = {"leases": "coordination.k8s.io", "deployments": "apps", "replicasets": "apps", "jobs": "batch",
+              "rollouts": "argoproj.io"}
 
 T = TypeVar("T")
 
