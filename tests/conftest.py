@@ -273,6 +273,15 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> It
     yield Cluster(data["server"], Path(data["ca"]), Path(data["admin_config"]), Path(data["root"]))
 
 
+@pytest.fixture(scope="session")
+def airflow_db() -> Path:
+    """The session's Airflow metadata database (AIRFLOW_HOME is set above, before any airflow import)."""
+    from mlchaos_steps.airflow.local_run import migrate
+
+    migrate(reset=True)
+    return Path(os.environ["AIRFLOW_HOME"])
+
+
 @pytest.fixture
 def mlflow_server(tracking_server: workloads.TrackingServer, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", tracking_server.url)

@@ -12,15 +12,6 @@ import pytest
 from conftest import tree_digests, wipe_doc
 
 
-@pytest.fixture(scope="session")
-def airflow_db() -> Path:
-    """The session's Airflow metadata database (conftest set AIRFLOW_HOME before any airflow import)."""
-    from mlchaos_steps.airflow.local_run import migrate
-
-    migrate(reset=True)
-    return Path(os.environ["AIRFLOW_HOME"])
-
-
 def _dag(dag_id: str, **kw: Any) -> Any:
     from airflow.sdk import DAG
 

@@ -41,3 +41,50 @@ class MlflowHook(BaseHook):
             key = "MLFLOW_TRACKING_PASSWORD" if conn.login else "MLFLOW_TRACKING_TOKEN"
             os.environ[key] = conn.password
         return uri
+
+
+class KubernetesConnection(BaseHook):
+    """Reads an Airflow connection of type ``kubernetes`` in the format of Airflow's cncf-kubernetes
+    provider (its extras: ``in_cluster``, ``kube_config_path``, ``kube_config`` — the kubeconfig itself,
+    YAML or JSON —, ``cluster_context``; with or without the ``extra__kubernetes__`` prefix) and points
+    the stages of this task at it. The provider itself is not needed (nor registered again here)."""
+
+    conn_name_attr = "kubernetes_conn_id"
+    default_conn_name = "kubernetes_default"
+    conn_type = "kubernetes"
+
+    def __init__(self, kubernetes_conn_id: str = default_conn_name, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.kubernetes_conn_id = kubernetes_conn_id
+
+    def configure_environment(self) -> str:
+        """Set ``KUBECONFIG`` for this task's process (a private copy when the connection holds the
+        kubeconfig itself or names a context); unset it for ``in_cluster``. Returns what was chosen."""
+        import tempfile
+
+        import yaml
+
+        conn = self.get_connection(self.kubernetes_conn_id)
+        extra = conn.extra_dejson or {}
+
+        def get(name: str) -> Any:
+            return extra.get(name, extra.get(f"extra__kubernetes__{name}"))
+
+        if str(get("in_cluster") or "").lower() in ("true", "1"):
+            os.environ.pop("KUBECONFIG", None)
+            return "in-cluster"
+        inline, path, context = get("kube_config"), get("kube_config_path"), get("cluster_context")
+        if not inline and not path:
+            raise ValueError(f"connection {self.kubernetes_conn_id!r}: give kube_config_path, kube_config or "
+                             "in_cluster in its extras")
+        if not inline and not context:
+            os.environ["KUBECONFIG"] = str(path)
+            return str(path)
+        document = inline if isinstance(inline, dict) else yaml.safe_load(inline or open(path).read())  # noqa: SIM115
+        if context:
+            document["current-context"] = context
+        handle, copy = tempfile.mkstemp(prefix="mlchaos-kubeconfig-", suffix=".yaml")  # 0600: it holds secrets
+        with os.fdopen(handle, "w") as out:
+            yaml.safe_dump(document, out)
+        os.environ["KUBECONFIG"] = copy
+        return f"connection {self.kubernetes_conn_id}" + (f", context {context}" if context else "")

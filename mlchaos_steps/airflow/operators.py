@@ -39,13 +39,17 @@ def mlflow_run_url(run_id: str) -> str:
     return f"{base.rstrip('/')}/#/experiments/{experiment}/runs/{run_id}"
 
 
-def _use_connection(conn_id: str | None) -> None:
-    """Point MLflow at an Airflow ``mlflow`` connection, when one is named."""
-    if not conn_id:
-        return
-    from mlchaos_steps.airflow.hooks import MlflowHook
+def _use_connection(conn_id: str | None, kubernetes_conn_id: str | None = None) -> None:
+    """Point MLflow at an Airflow ``mlflow`` connection, and the Kubernetes stages at a ``kubernetes``
+    connection, when they are named."""
+    if conn_id:
+        from mlchaos_steps.airflow.hooks import MlflowHook
 
-    MlflowHook(conn_id).configure_environment()
+        MlflowHook(conn_id).configure_environment()
+    if kubernetes_conn_id:
+        from mlchaos_steps.airflow.hooks import KubernetesConnection
+
+        KubernetesConnection(kubernetes_conn_id).configure_environment()
 
 
 class ChaosPhaseOperator(BaseOperator):
@@ -59,12 +63,14 @@ class ChaosPhaseOperator(BaseOperator):
     ui_color = "#fbe3e4"
 
     def __init__(self, *, stage_document: dict[str, Any], phase: str, stage_key: str, model: str | None = None,
-                 version: str | None = None, mlflow_conn_id: str | None = None, **kwargs: Any):
+                 version: str | None = None, mlflow_conn_id: str | None = None,
+                 kubernetes_conn_id: str | None = None, **kwargs: Any):
         if phase not in PHASES:
             raise ValueError(f"phase {phase!r}: use one of {', '.join(PHASES)}")
         super().__init__(**kwargs)
         self.stage_document, self.phase, self.stage_key = stage_document, phase, stage_key
         self.model, self.version, self.mlflow_conn_id = model, version, mlflow_conn_id
+        self.kubernetes_conn_id = kubernetes_conn_id
         self._run_key: str | None = None
 
     def run_key(self, context: Any) -> str:
@@ -75,7 +81,7 @@ class ChaosPhaseOperator(BaseOperator):
         from mlchaos_steps.errors import MlchaosError
         from mlchaos_steps.stages import parse_stage
 
-        _use_connection(self.mlflow_conn_id)
+        _use_connection(self.mlflow_conn_id, self.kubernetes_conn_id)
         self._run_key = key = self.run_key(context)
         if self.phase == "restore":
             try:

@@ -94,7 +94,7 @@ class ChaosStage(TaskGroup):
 
     def __init__(self, stage: StageSpec | dict[str, Any] | str | Path, *, model: str | None = None,
                  version: str | None = None, group_id: str | None = None, mlflow_conn_id: str | None = None,
-                 **kwargs: Any):
+                 kubernetes_conn_id: str | None = None, **kwargs: Any):
         # imported here: the provider entry point loads this module while Airflow's configuration loads
         from airflow.sdk.definitions._internal.contextmanager import DagContext
 
@@ -104,7 +104,7 @@ class ChaosStage(TaskGroup):
         super().__init__(group_id=group_id or spec.stage_id, tooltip=spec.describe(), **kwargs)
         self.spec = spec
         common = {"stage_document": document, "stage_key": self.group_id, "model": model, "version": version,
-                  "mlflow_conn_id": mlflow_conn_id, "task_group": self}
+                  "mlflow_conn_id": mlflow_conn_id, "kubernetes_conn_id": kubernetes_conn_id, "task_group": self}
         if "dag" in kwargs:
             common["dag"] = kwargs["dag"]
         self.snapshot = ChaosPhaseOperator(task_id="snapshot", phase="snapshot", **common).as_setup()
