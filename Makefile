@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup test demo demo-broken bench lint clean workflows image-check controlplane
+.PHONY: setup test demo demo-broken bench lint clean workflows image-check controlplane e2e-kind
 
 setup: $(STAMP)
 
@@ -60,6 +60,16 @@ $(CONTROLPLANE): tools/controlplane/go.mod tools/controlplane/go.sum tools/contr
 	cd tools/controlplane && go build -trimpath -o $(CURDIR)/build/controlplane/ \
 		k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kube-controller-manager ./cmd/etcd
 	touch $@
+
+# The Kubernetes tests against a real cluster with real kubelets (kind, or any cluster KUBECONFIG names
+# with cluster-admin rights), instead of the control plane built here: tests that need the simulated
+# kubelets' knobs (marked simulated_kubelet) are left out; namespaces the tests create are deleted.
+#   kind create cluster && make e2e-kind KUBECONFIG=$$HOME/.kube/config
+E2E_TESTS := tests/test_kube_controlplane.py tests/test_pod_delete_kubernetes.py tests/test_canary_kubernetes.py \
+	tests/test_gate_kubernetes.py tests/test_airflow_kubernetes.py tests/test_k8s_manifests.py
+e2e-kind: setup $(ROLLOUTS_CRD)
+	@test -n "$(KUBECONFIG)" || { echo "make e2e-kind: set KUBECONFIG to the cluster (e.g. kind get kubeconfig > kind.yaml)"; exit 2; }
+	MLCHAOS_E2E_KUBECONFIG=$(abspath $(KUBECONFIG)) $(BIN)/python -m pytest -q -n 2 -m "not simulated_kubelet" $(E2E_TESTS) $(PYTEST_ARGS)
 
 # Build the step image with buildah (no daemon) and run a stage inside it: opt-in, as root; about
 # 3½ minutes the first time (debootstrap makes the base), 2 after. See docker/image-check.sh.

@@ -258,6 +258,11 @@ def kube_cluster(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> It
     workers (each test works in namespaces of its own)."""
     from kube import Cluster, ControlPlane
 
+    if os.environ.get("MLCHAOS_E2E_KUBECONFIG"):  # `make e2e-kind`: a real cluster, with real kubelets
+        cluster = Cluster.from_kubeconfig(Path(os.environ["MLCHAOS_E2E_KUBECONFIG"]), tmp_path_factory.mktemp("e2e"))
+        yield cluster
+        cluster.delete_namespaces()
+        return
     if worker_id == "master":
         plane = ControlPlane(tmp_path_factory.mktemp("kube")).start()
         plane.start_agent()

@@ -162,6 +162,36 @@ class Cluster:
     ca: Path
     admin_config: Path
     root: Path
+    created: list[str] = field(default_factory=list)
+
+    @classmethod
+    def from_kubeconfig(cls, path: Path, root: Path) -> Cluster:
+        """Any cluster a kubeconfig reaches with cluster-admin rights (`make e2e-kind`)."""
+        import base64
+
+        import yaml
+
+        config = yaml.safe_load(path.read_text())
+        context = next(c["context"] for c in config["contexts"] if c["name"] == config["current-context"])
+        cluster = next(c["cluster"] for c in config["clusters"] if c["name"] == context["cluster"])
+        ca = root / "ca.crt"
+        if cluster.get("certificate-authority-data"):
+            ca.write_bytes(base64.b64decode(cluster["certificate-authority-data"]))
+        else:
+            ca.write_bytes(Path(cluster["certificate-authority"]).read_bytes())
+        return cls(cluster["server"], ca, path, root)
+
+    def delete_namespaces(self) -> None:
+        """What the tests created (a real cluster outlives the run)."""
+        from kubernetes import client
+
+        core = client.CoreV1Api(self.admin())
+        for name in self.created:
+            try:
+                core.delete_namespace(name)
+            except client.ApiException as exc:
+                if exc.status != 404:
+                    raise
 
     def admin(self) -> Any:
         from kubernetes import config
@@ -176,6 +206,7 @@ class Cluster:
 
         full = f"{name}-{uuid.uuid4().hex[:6]}"
         client.CoreV1Api(self.admin()).create_namespace({"metadata": {"name": full, "labels": labels or {}}})
+        self.created.append(full)
         return full
 
     def service_account_config(self, namespace: str, account: str, path: Path) -> Path:

@@ -8,15 +8,21 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from kube_agent import NEVER_READY
 
 
 def deployment(name: str, replicas: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
-    """A Deployment whose pods carry ``app: name`` (and ``labels``: the agent's knobs)."""
+    """A Deployment whose pods carry ``app: name`` (and ``labels``: the agent's knobs). Real kubelets
+    (`make e2e-kind`) run it too: the pause image, and for never-ready pods a readiness probe nothing
+    answers."""
+    container: dict[str, Any] = {"name": "serve", "image": "registry.k8s.io/pause:3.10"}
+    if (labels or {}).get(NEVER_READY) == "true":
+        container["readinessProbe"] = {"tcpSocket": {"port": 1}, "periodSeconds": 1}
     return {"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": name},
             "spec": {"replicas": replicas, "selector": {"matchLabels": {"app": name}},
                      "template": {"metadata": {"labels": {"app": name, **(labels or {})}}, "spec": {
                          "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 0,
-                         "containers": [{"name": "serve", "image": "example/serve:1"}]}}}}
+                         "containers": [container]}}}}
 
 
 def wait_for(condition: Callable[[], Any], timeout_s: float = 60, what: str = "condition") -> Any:

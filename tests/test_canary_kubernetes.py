@@ -76,7 +76,7 @@ def _rollout(name: str) -> dict[str, Any]:
     return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout", "metadata": {"name": name}, "spec": {
         "replicas": 4, "selector": {"matchLabels": {"app": name}},
         "template": {"metadata": {"labels": {"app": name}},
-                     "spec": {"containers": [{"name": "serve", "image": "example/serve:2"}]}},
+                     "spec": {"containers": [{"name": "serve", "image": "registry.k8s.io/pause:3.10"}]}},
         "strategy": {"canary": {"canaryService": f"{name}-canary", "stableService": f"{name}-stable",
                                 "trafficRouting": {"nginx": {"stableIngress": name}},
                                 "steps": [{"setWeight": 30}, {"pause": {}}]}}}}

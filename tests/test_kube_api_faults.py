@@ -19,6 +19,7 @@ from mlchaos_steps.errors import InfrastructureError
 from mlchaos_steps.stages import parse_stage
 
 RBAC = Path(__file__).parent.parent / "docker" / "k8s" / "rbac.yaml"
+pytestmark = pytest.mark.simulated_kubelet  # it stops and restarts an API server of its own
 
 
 @pytest.fixture(scope="module")

@@ -81,6 +81,7 @@ def test_the_same_seed_picks_the_same_victims_and_oldest_picks_the_oldest(servin
     assert seeded[0] == seeded[1] and len(seeded[0]) == 2
 
 
+@pytest.mark.simulated_kubelet  # a namespace label makes the agent's replacements hang
 def test_replacements_that_never_become_ready_fail(serving: tuple[str, Any]) -> None:
     from kubernetes import client
 
@@ -175,7 +176,8 @@ def test_a_pod_replaced_under_its_name_is_never_deleted(serving: tuple[str, Any]
     # the same name and the stage's label, but not the ReplicaSet's pod-template-hash (it would adopt the
     # twin and scale one pod away)
     twin = client.V1Pod(metadata=client.V1ObjectMeta(name=victim, labels={"app": old.metadata.labels["app"]}),
-                        spec=client.V1PodSpec(containers=[client.V1Container(name="serve", image="example/serve:1")],
+                        spec=client.V1PodSpec(containers=[client.V1Container(name="serve",
+                                                                             image="registry.k8s.io/pause:3.10")],
                                               automount_service_account_token=False))
     created = client.CoreV1Api(api).create_namespaced_pod(namespace, twin)  # same name, new UID
     with pytest.raises(InfrastructureError, match="nothing was deleted"):

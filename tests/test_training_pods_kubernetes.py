@@ -22,6 +22,8 @@ from mlchaos_steps.errors import SpecError
 from mlchaos_steps.stages import parse_stage
 
 RBAC = Path(__file__).parent.parent / "docker" / "k8s" / "rbac.yaml"
+# the agent runs the Job's container as a local process writing to a local store
+pytestmark = pytest.mark.simulated_kubelet
 TRAIN = [sys.executable, "-m", "mlchaos_steps.examples.trainer", "--steps", "1000000", "--checkpoint-every", "10",
          "--step-seconds", "0.02"]
 
