@@ -4,12 +4,14 @@ pods to them (there is no scheduler), moves them to Running and Ready after ``re
 finishes deletions the way a kubelet does once the containers stopped (delete with grace 0).
 
 Pods labelled ``mlchaos.test/run: "true"`` really run: the agent starts the first container's ``command``
-and ``args`` (with its ``env`` values) as a local process in a session of its own, Running while it
-lives, Ready once started (or, with an ``httpGet`` readiness probe, while ``127.0.0.1:<port><path>``
-answers 200), Succeeded or Failed with its exit code when it ends, and stopped (SIGTERM, then SIGKILL
-after the grace period) when the pod is deleted. Its output is the container's log: the agent serves
-``/containerLogs/...`` over HTTPS on the port its Nodes advertise, so ``kubectl logs`` and the client's
-``read_namespaced_pod_log`` go through the API server as with a real kubelet.
+and ``args`` (with its ``env`` values, ``$(VAR)`` expanded) as a local process in a session of its own,
+with an address of its own (``POD_IP``, in 127.0.0.0/8, also the pod's ``status.podIP``), Running
+while it lives, Ready once started (or, with an ``httpGet`` readiness probe, while
+``http://<pod IP>:<port><path>`` answers 200), Succeeded or Failed with its exit code when it ends,
+and stopped (SIGTERM, then SIGKILL after the grace period) when the pod is deleted. Its output is the
+container's log: the agent serves ``/containerLogs/...`` over HTTPS on the port its Nodes advertise, so
+``kubectl logs`` and the client's ``read_namespaced_pod_log`` go through the API server as with a real
+kubelet.
 
 Knobs for the broken cases: the pod labels ``mlchaos.test/never-ready: "true"`` (Running, never Ready)
 and ``mlchaos.test/crash: "true"`` (the container exits: phase Failed); and the namespace label
@@ -60,6 +62,7 @@ class NodeAgent:
         self.workdir = Path(tempfile.mkdtemp(prefix="mlchaos-kube-agent-"))
         self.running: dict[str, subprocess.Popen[bytes]] = {}  # pod uid -> its container's process
         self.logs: dict[tuple[str, str], Path] = {}  # (namespace, pod name) -> the container's output
+        self._ips = 0
         self._lock = threading.Lock()
         self.log_server = _log_server(self)
 
@@ -182,14 +185,14 @@ class NodeAgent:
 
 
     # -- pods that really run -------------------------------------------------------------------------
-    def _status(self, namespace: str, name: str, uid: str, phase: str, ready: bool,
+    def _status(self, namespace: str, name: str, uid: str, phase: str, ready: bool, ip: str = "127.0.0.1",
                 terminated: dict[str, Any] | None = None) -> None:
         from kubernetes import client
 
         container = {"name": "main", "ready": ready, "restartCount": 0, "image": "local", "imageID": "",
                      "started": terminated is None,
                      "state": {"terminated": terminated} if terminated else {"running": {"startedAt": _now()}}}
-        status = {"phase": phase, "startTime": _now(), "podIP": "127.0.0.1", "containerStatuses": [container],
+        status = {"phase": phase, "startTime": _now(), "podIP": ip, "containerStatuses": [container],
                   "conditions": [{"type": t, "status": "True" if ready or t in ("PodScheduled", "Initialized")
                                   else "False", "lastTransitionTime": _now()}
                                  for t in ("PodScheduled", "Initialized", "ContainersReady", "Ready")]}
@@ -199,11 +202,27 @@ class NodeAgent:
             if exc.status not in (404, 409, 422):
                 self.errors.append(f"status {namespace}/{name}: {exc.status} {exc.reason}")
 
+    def _pod_ip(self) -> str:
+        """An address of the pod's own: 127.0.0.0/8 is all loopback on Linux, so every pod listens on
+        its own IP and the same port, as pods do."""
+        with self._lock:
+            self._ips += 1
+            n = self._ips
+        return f"127.{100 + n // 62500 % 100}.{n // 250 % 250}.{n % 250 + 2}"
+
     def _run_container(self, pod: Any) -> None:
+        import re
+
         meta, container = pod.metadata, pod.spec.containers[0]
-        argv = [*(container.command or []), *(container.args or [])]
-        env = {**os.environ, **{e.name: e.value for e in container.env or [] if e.value is not None},
-               "POD_NAME": meta.name, "POD_NAMESPACE": meta.namespace, "POD_UID": meta.uid}
+        ip = self._pod_ip()
+        variables = {e.name: e.value for e in container.env or [] if e.value is not None}
+        variables.update(POD_NAME=meta.name, POD_NAMESPACE=meta.namespace, POD_UID=meta.uid, POD_IP=ip)
+
+        def expand(arg: str) -> str:  # $(VAR) in command and args, as the kubelet expands them
+            return re.sub(r"\$\((\w+)\)", lambda m: variables.get(m.group(1), m.group(0)), arg)
+
+        argv = [expand(a) for a in [*(container.command or []), *(container.args or [])]]
+        env = {**os.environ, **variables}
         log = self.workdir / f"{meta.namespace}_{meta.name}_{meta.uid}.log"
         with self._lock:
             self.logs[(meta.namespace, meta.name)] = log
@@ -213,26 +232,26 @@ class NodeAgent:
                                            cwd=container.working_dir or None, start_new_session=True)
         except OSError as exc:
             log.write_text(f"cannot start {argv}: {exc}\n")
-            self._status(meta.namespace, meta.name, meta.uid, "Failed", False,
+            self._status(meta.namespace, meta.name, meta.uid, "Failed", False, ip,
                          {"exitCode": 128, "reason": "StartError", "finishedAt": _now()})
             return
         with self._lock:
             self.running[meta.uid] = process
         probe = container.readiness_probe.http_get if container.readiness_probe else None
         ready = probe is None
-        self._status(meta.namespace, meta.name, meta.uid, "Running", ready)
+        self._status(meta.namespace, meta.name, meta.uid, "Running", ready, ip)
         while process.poll() is None:  # readiness from the probe, as a kubelet would
             if probe is not None:
-                now = _answers(f"http://127.0.0.1:{probe.port}{probe.path or '/'}")
+                now = _answers(f"http://{ip}:{probe.port}{probe.path or '/'}")
                 if now != ready:
                     ready = now
-                    self._status(meta.namespace, meta.name, meta.uid, "Running", ready)
-            time.sleep(0.2)
+                    self._status(meta.namespace, meta.name, meta.uid, "Running", ready, ip)
+            time.sleep(0.1)
         with self._lock:
             killed = self.running.pop(meta.uid, None) is None  # the pod was deleted: nobody to report to
         if not killed:
             code = process.returncode
-            self._status(meta.namespace, meta.name, meta.uid, "Succeeded" if code == 0 else "Failed", False,
+            self._status(meta.namespace, meta.name, meta.uid, "Succeeded" if code == 0 else "Failed", False, ip,
                          {"exitCode": code if code >= 0 else 128 - code, "finishedAt": _now(),
                           "reason": "Completed" if code == 0 else "Error"})
 
