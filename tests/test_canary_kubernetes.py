@@ -221,17 +221,24 @@ def test_a_deployment_pair_without_a_rollback_fails(two_versions: tuple[str, str
     assert verdict.status == "failed" and "did not abort" in verdict.reason, verdict.reason
 
 
-def test_without_permission_to_read_the_rollout_nothing_is_injected(
+@pytest.mark.parametrize(("missing", "kind"), [(("rollouts", "get"), "rollout"), (("namespaces", "get"), "rollout"),
+                                               (("pods", "list"), "rollout"), (("deployments", "get"), "pair")])
+def test_without_any_one_permission_nothing_is_injected(
         two_versions: tuple[str, str, str], rollouts_crd: None, kube_cluster: Any, backends: Any, tmp_path: Path,
-        monkeypatch: pytest.MonkeyPatch) -> None:
+        monkeypatch: pytest.MonkeyPatch, missing: tuple[str, str], kind: str) -> None:
     from kubernetes import client
     from systems import Router
 
     model = two_versions[0]
     api = kube_cluster.admin()
     ns = kube_cluster.namespace("canary-rbac")
-    apply_rbac(api, ns, RBAC, drop=("rollouts", "get"))
-    client.CustomObjectsApi(api).create_namespaced_custom_object(*ROLLOUTS, ns, "rollouts", _rollout("churn"))
+    apply_rbac(api, ns, RBAC, drop=missing)
+    if kind == "rollout":
+        client.CustomObjectsApi(api).create_namespaced_custom_object(*ROLLOUTS, ns, "rollouts", _rollout("churn"))
+        target = {"namespace": ns, "rollout": "churn"}
+    else:
+        client.AppsV1Api(api).create_namespaced_deployment(ns, deployment("churn-canary", 1))
+        target = {"namespace": ns, "canary_deployment": "churn-canary"}
     monkeypatch.setenv("KUBECONFIG", str(kube_cluster.service_account_config(ns, "mlchaos-chaos", tmp_path / "k")))
     class Recording(Router):
         """Remembers every fault it was given."""
@@ -249,11 +256,11 @@ def test_without_permission_to_read_the_rollout_nothing_is_injected(
     router = Recording(backends[0].url, backends[1].url)
     try:
         stage_file = tmp_path / "canary.yaml"
-        stage_file.write_text(yaml.safe_dump(_doc(model, router, {"namespace": ns, "rollout": "churn"})))
+        stage_file.write_text(yaml.safe_dump(_doc(model, router, target)))
         code, result = cli_json("run", str(stage_file))
     finally:
         router.stop()
-    assert code == 3 and "may not get rollouts" in result["reason"], result
+    assert code == 3 and f"may not {missing[1]} {missing[0]}" in result["reason"], result
     assert not any(router.faults)  # the router was never given a fault
 
 

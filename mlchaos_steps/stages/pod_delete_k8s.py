@@ -252,6 +252,7 @@ def observe(stage: PodDelete, state: dict[str, Any], deleted_at: float, watch: _
             whole = ready >= expected and gone
             if whole and recovered_at is None:
                 recovered_at = watch.last_ready_at or now
+                watch.noticed_at = time.time()  # when the stage saw it (recovered_at: when the event arrived)
             elif not whole and recovered_at is not None:
                 interruptions += 1
                 recovered_at = None
@@ -278,6 +279,7 @@ def _record(recovered: bool, deleted_at: float, now: float, watch: _PodWatch, ex
         "replacement_started_seconds": round(watch.first_replacement_at - deleted_at, 4)
         if watch.first_replacement_at else None,
         "ready_timeline": [[round(t - deleted_at, 4), n] for t, n in watch.timeline],
+        "recovery_noticed_at": watch.noticed_at,
         "watch_events": watch.events,
     }
     if recovered and recovered_at is not None:
@@ -337,6 +339,7 @@ class _PodWatch:
         self.originals: set[str] | None = None
         self.first_replacement_at: float | None = None
         self.last_ready_at: float | None = None
+        self.noticed_at: float | None = None
         self.timeline: list[tuple[float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="pod-delete-watch", daemon=True)
