@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import re
 import shutil
 import time
 from typing import Any, ClassVar, Literal
@@ -37,8 +36,8 @@ from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
-from mlchaos_steps.stages.parts import RESUME_KEY, ResumeReport, parse_resume_reports
-from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore, check_store_url
+from mlchaos_steps.stages.parts import RESUME_KEY, ResumeReport, parse_resume_reports, step_pattern, store_url
+from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore
 
 OUTPUT_TAIL_CHARS = 2000
 CHECKPOINT_PLACEHOLDER = "{checkpoint}"
@@ -121,25 +120,8 @@ class CheckpointWipe(StageSpec):
     integrity: IntegrityCheck | None = Field(
         default=None, description="checks, before the fault, that the checkpoints in play are intact")
 
-    @field_validator("store")
-    @classmethod
-    def _store_is_safe(cls, value: str) -> str:
-        try:
-            check_store_url(value, field="store")
-        except SpecError as exc:
-            raise ValueError(str(exc).split(": ", 1)[1]) from None
-        return value
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern_has_step(cls, value: str) -> str:
-        try:
-            compiled = re.compile(value)
-        except re.error as exc:
-            raise ValueError(f"is not a valid regular expression ({exc}): e.g. 'step-(\\d+)'") from None
-        if compiled.groups < 1:
-            raise ValueError("needs one group that captures the step number, e.g. 'step-(\\d+)'")
-        return value
+    _store = field_validator("store")(store_url)
+    _pattern = field_validator("pattern")(step_pattern)
 
     def target_ids(self) -> list[str]:
         return [f"checkpoint-store:{self.store.rstrip('/')}"]

@@ -112,3 +112,26 @@ def parse_resume_reports(stdout: str) -> list[ResumeReport]:
         source, digest = data.get("source"), data.get("digest")
         reports.append(ResumeReport(step, str(source) if source else None, str(digest) if digest else None))
     return reports
+
+
+def store_url(value: str) -> str:
+    """Field validator: an fsspec URL that is safe to break things under (see ``check_store_url``)."""
+    from mlchaos_steps.errors import SpecError
+    from mlchaos_steps.targets.checkpoints import check_store_url
+
+    try:
+        check_store_url(value, field="store")
+    except SpecError as exc:
+        raise ValueError(str(exc).split(": ", 1)[1]) from None
+    return value
+
+
+def step_pattern(value: str) -> str:
+    """Field validator: a regular expression whose first group captures a checkpoint's step."""
+    try:
+        compiled = re.compile(value)
+    except re.error as exc:
+        raise ValueError(f"is not a valid regular expression ({exc}): e.g. 'step-(\\d+)'") from None
+    if compiled.groups < 1:
+        raise ValueError("needs one group that captures the step number, e.g. 'step-(\\d+)'")
+    return value

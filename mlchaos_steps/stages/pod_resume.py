@@ -34,10 +34,9 @@ from pydantic import Field, field_validator
 
 from mlchaos_steps.core.context import check_kill_switch
 from mlchaos_steps.core.spec import StrictModel
-from mlchaos_steps.errors import SpecError
-from mlchaos_steps.stages.parts import parse_resume_reports
+from mlchaos_steps.stages.parts import parse_resume_reports, step_pattern, store_url
 from mlchaos_steps.targets import kubernetes as kube
-from mlchaos_steps.targets.checkpoints import CheckpointStore, check_store_url
+from mlchaos_steps.targets.checkpoints import CheckpointStore
 
 POLL_S = 0.25
 LOG_TAIL_LINES = 2000
@@ -57,26 +56,8 @@ class PodResume(StrictModel):
     progress: bool = Field(default=True, description="require a checkpoint written after the fault, past the "
                                                      "step resumed from (evidence that training went on)")
 
-    @field_validator("store")
-    @classmethod
-    def _store_is_safe(cls, value: str) -> str:
-        try:
-            check_store_url(value, field="spec.resume.store")
-        except SpecError as exc:
-            raise ValueError(str(exc).split(": ", 1)[1]) from None
-        return value
-
-    @field_validator("pattern")
-    @classmethod
-    def _pattern_has_step(cls, value: str) -> str:
-        import re
-
-        try:
-            if re.compile(value).groups < 1:
-                raise ValueError("needs one group that captures the step number, e.g. 'step-(\\d+)'")
-        except re.error as exc:
-            raise ValueError(f"is not a valid regular expression ({exc}): e.g. 'step-(\\d+)'") from None
-        return value
+    _store = field_validator("store")(store_url)
+    _pattern = field_validator("pattern")(step_pattern)
 
 
 def _checkpoints(resume: PodResume) -> tuple[CheckpointStore, list[Any]]:
