@@ -1,16 +1,19 @@
 """canary-failure on Kubernetes, against the tests' control plane: an Argo Rollouts Rollout (Argo
-Rollouts' own CRD, from its Go module) and a stable/canary Deployment pair.
+Rollouts' own CRDs and controller, built from its Go module) and a stable/canary Deployment pair.
 
-The Rollouts controller is not run here: a stand-in (``RolloutsStandIn`` below, named as such in the
-README) drives the Rollout's status the way the controller does when its analysis fails — ``abort``,
-``abortedAt``, phase Degraded, canary weight 0 — mirroring the canary router's own analysis (the
-third-party router of tests/systems.py, which aborts after a few canary errors). For the Deployment
+With the real controller: serving pods (run by the simulated kubelets) behind the Service stand-in,
+a canary at 50% with a background analysis that reads the canary's error rate; the stage's fault makes
+the analysis fail and the controller abort. Beside it, a stand-in (``RolloutsStandIn`` below, named as
+such in the README) drives a Rollout's status the way the controller does — ``abort``, ``abortedAt``,
+phase Degraded, canary weight 0 — mirroring the canary router's own analysis (the third-party router
+of tests/systems.py, which aborts after a few canary errors), for the broken routers it comes with. For the Deployment
 pair, the stand-in is the user's rollback automation: it scales the canary Deployment to zero, and the
 real ReplicaSet controller removes the pods. Either way the verdict rests on the traffic the stage sent
 through the router: a rollout whose status says aborted while the canary still gets traffic fails."""
 
 from __future__ import annotations
 
+import sys
 import threading
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,17 +42,22 @@ def rollouts_crd(kube_cluster: Any) -> None:
     from kubernetes import client
 
     extensions = client.ApiextensionsV1Api(kube_cluster.admin())
-    try:
-        extensions.create_custom_resource_definition(yaml.safe_load(CRD.read_text()))
-    except client.ApiException as exc:
-        if exc.status != 409:
-            raise
+    names = []
+    for path in sorted(CRD.parent.glob("*-crd.yaml")):  # Rollout, and what its controller also watches
+        document = yaml.safe_load(path.read_text())
+        names.append(document["metadata"]["name"])
+        try:
+            extensions.create_custom_resource_definition(document)
+        except client.ApiException as exc:
+            if exc.status != 409:
+                raise
 
     def established() -> bool:
-        crd = extensions.read_custom_resource_definition("rollouts.argoproj.io")
-        return any(c.type == "Established" and c.status == "True" for c in crd.status.conditions or [])
+        return all(any(c.type == "Established" and c.status == "True"
+                       for c in extensions.read_custom_resource_definition(name).status.conditions or [])
+                   for name in names)
 
-    wait_for(established, what="the Rollout CRD established")
+    wait_for(established, what="Argo Rollouts' CRDs established")
 
 
 @pytest.fixture
@@ -277,3 +285,116 @@ def test_kubernetes_rollout_spec_is_checked_when_parsed() -> None:
         parse_stage({"kind": "CanaryFailure", "spec": {**base, "fault": "crash",
                                                        "canary": {"selector": {"cmdline": "serve"}},
                                                        "rollout": {"kubernetes": {"namespace": "ml", "rollout": "a"}}}})
+
+
+
+# -- the real Argo Rollouts controller ----------------------------------------------------------------
+CONTROLLER = ROOT / "build" / "bin" / "rollouts-controller"  # `make test` builds it from its Go module
+SERVE = """
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+class Answer(BaseHTTPRequestHandler):
+    def log_message(self, *args): pass
+    def _answer(self):
+        self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        body = b'{"predictions": [0]}'
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    do_GET = do_POST = _answer
+ThreadingHTTPServer((sys.argv[1], 8080), Answer).serve_forever()
+"""
+
+
+@pytest.fixture(scope="module")
+def rollouts_controller(kube_cluster: Any, rollouts_crd: None, tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """Argo Rollouts' controller for this module's Rollouts only (its own instance id: the stand-in tests'
+    Rollouts, and other workers' controllers, are left alone)."""
+    import subprocess
+    import uuid
+
+    from mlchaos_steps.core.processes import stop_process_group
+
+    instance = f"mlchaos-{uuid.uuid4().hex[:8]}"
+    log = tmp_path_factory.mktemp("rollouts") / "controller.log"
+    with open(log, "wb") as out:
+        process = subprocess.Popen([str(CONTROLLER), "--kubeconfig", str(kube_cluster.admin_config),
+                                    "--leader-elect=false", "--instance-id", instance, "--healthzPort", "0",
+                                    "--metricsport", "0"], stdout=out, stderr=subprocess.STDOUT,
+                                   start_new_session=True)
+    yield instance
+    stop_process_group(process.pid, grace_s=5)
+
+
+def _serving_rollout(instance: str, version: str, analysis: bool) -> dict[str, Any]:
+    from kube_agent import RUN
+
+    canary: dict[str, Any] = {"steps": [{"setWeight": 50}, {"pause": {}}]}
+    if analysis:
+        canary["analysis"] = {"templates": [{"templateName": "canary-errors"}], "startingStep": 1}
+    container = {"name": "serve", "image": "python:3.11-slim", "command": [sys.executable, "-c", SERVE, "$(POD_IP)"],
+                 "env": [{"name": "MODEL_VERSION", "value": version}],
+                 "readinessProbe": {"httpGet": {"path": "/", "port": 8080}, "periodSeconds": 1}}
+    return {"apiVersion": "argoproj.io/v1alpha1", "kind": "Rollout",
+            "metadata": {"name": "web", "labels": {"argo-rollouts.argoproj.io/controller-instance-id": instance}},
+            "spec": {"replicas": 4, "selector": {"matchLabels": {"app": "web"}},
+                     "template": {"metadata": {"labels": {"app": "web", RUN: "true"}}, "spec": {
+                         "automountServiceAccountToken": False, "terminationGracePeriodSeconds": 0,
+                         "containers": [container]}},
+                     "strategy": {"canary": canary}}}
+
+
+def _canary_in_progress(api: Any, namespace: str, instance: str, analysis: bool) -> Any:
+    """Rollout v1 Healthy, the Service stand-in in front of it, the analysis template reading the canary's
+    error rate there, then v2 at a 50% canary, paused: returns the proxy."""
+    from kubernetes import client
+    from kubetools import ServiceProxy
+
+    custom = client.CustomObjectsApi(api)
+
+    def status() -> dict[str, Any]:
+        return custom.get_namespaced_custom_object(*ROLLOUTS, namespace, "rollouts", "web").get("status") or {}
+
+    # v1 without the analysis: the controller refuses a Rollout naming a template that does not exist yet
+    custom.create_namespaced_custom_object(*ROLLOUTS, namespace, "rollouts", _serving_rollout(instance, "1", False))
+    wait_for(lambda: status().get("phase") == "Healthy" and status().get("readyReplicas") == 4, timeout_s=90,
+             what="the Rollout Healthy")
+    proxy = ServiceProxy(api, namespace, "app=web", 8080, rollout="web")
+    custom.create_namespaced_custom_object(*ROLLOUTS, namespace, "analysistemplates", {
+        "apiVersion": "argoproj.io/v1alpha1", "kind": "AnalysisTemplate",
+        "metadata": {"name": "canary-errors", "labels": {"argo-rollouts.argoproj.io/controller-instance-id": instance}},
+        "spec": {"metrics": [{"name": "canary-error-rate", "interval": "1s", "failureLimit": 0,
+                              "successCondition": "result < 0.05",
+                              "provider": {"web": {"url": proxy.url + "/mlchaos/canary-metrics",
+                                                   "jsonPath": "{$.error_rate}"}}}]}})
+    v2 = _serving_rollout(instance, "2", analysis)["spec"]
+    custom.patch_namespaced_custom_object(*ROLLOUTS, namespace, "rollouts", "web", {"spec": {
+        "template": {"spec": {"containers": v2["template"]["spec"]["containers"]}}, "strategy": v2["strategy"]}})
+    wait_for(lambda: status().get("phase") == "Paused" and len(proxy.canary_ips) == 2, timeout_s=90,
+             what="the canary at 50%, paused")
+    return proxy
+
+
+@pytest.mark.simulated_kubelet  # the pods really serve: the simulated kubelets run them as local processes
+@pytest.mark.parametrize("analysis", [True, False], ids=["analysis-aborts", "no-analysis"])
+def test_the_real_rollouts_controller_aborts_a_failing_canary(
+        two_versions: tuple[str, str, str], rollouts_controller: str, namespace: tuple[str, Any],
+        analysis: bool) -> None:
+    from kubernetes import client
+
+    (model, v1, _), (ns, api) = two_versions, namespace
+    proxy = _canary_in_progress(api, ns, rollouts_controller, analysis)
+    try:
+        doc = _doc(model, proxy, {"namespace": ns, "rollout": "web"}, rollback_within_s=20)
+        verdict = run_stage(parse_stage(doc), f"k8s-real-rollout-{analysis}").verdict
+    finally:
+        proxy.stop()
+    if not analysis:  # nothing measures the canary: the controller never aborts
+        assert verdict.status == "failed" and "did not abort" in verdict.reason, verdict.reason
+        return
+    assert verdict.status == "passed", (verdict.reason, verdict.evidence.get("observation"))
+    assert verdict.evidence["observation"]["requests_after_abort"] > 0
+    rollout = client.CustomObjectsApi(api).get_namespaced_custom_object(*ROLLOUTS, ns, "rollouts", "web")
+    assert rollout["status"]["abort"] is True and rollout["status"]["phase"] == "Degraded"
+    assert mlflow_client().get_model_version_by_alias(model, "champion").version == v1

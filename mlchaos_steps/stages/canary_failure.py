@@ -196,6 +196,8 @@ class CanaryFailure(StageSpec):
         against stable: they are what callers of a hanging stable see. After the abort, every request
         must be served by stable."""
         aborted_at = observation.get("aborted_at") if observation["rolled_back"] else None
+        if aborted_at is not None:  # on Kubernetes, Service endpoints drop the canary's pods a moment later
+            aborted_at += observation.get("route_lag_s", 0)
         after = [s for s in during if aborted_at is not None and s.at >= aborted_at]
         return {
             "traffic": summarize(during),
@@ -229,7 +231,8 @@ class CanaryFailure(StageSpec):
         deadline = injected_at + self.rollback_within_s
         # After the abort the window stays open as long as the slowest request the SLO allows, so a
         # stable that hangs under the full load shows up.
-        settle_s = max(0.5, (self.stable.max_p99_ms or self.traffic.timeout_s * 1000) / 1000)
+        route_lag_s = self.rollout.kubernetes.route_lag_s if self.rollout is not None else 0.0
+        settle_s = max(0.5, (self.stable.max_p99_ms or self.traffic.timeout_s * 1000) / 1000) + route_lag_s
         while True:
             check_kill_switch()
             state = self._state()
@@ -249,6 +252,7 @@ class CanaryFailure(StageSpec):
                 time.sleep(settle_s)
                 state = self._settled(state)
                 return {"rolled_back": True, "injected_at": injected_at, "aborted_at": aborted_at,
+                        "route_lag_s": route_lag_s,
                         "rollback_seconds": round(aborted_at - injected_at, 3),
                         "abort_reason": state.get("abort_reason"), "router": state}
             if time.time() > deadline:
@@ -306,8 +310,9 @@ class CanaryFailure(StageSpec):
                             f"(router phase {obs['router'].get('phase')}, canary weight "
                             f"{obs['router'].get('canary_weight')})")
         if obs.get("canary_after_abort"):
+            lag = f" (and route_lag_s={obs['route_lag_s']:g}s)" if obs.get("route_lag_s") else ""
             problems.append(f"{obs['canary_after_abort']} of {obs['requests_after_abort']} request(s) sent after the "
-                            "abort were served by the canary: traffic did not go back to stable")
+                            f"abort{lag} were served by the canary: traffic did not go back to stable")
         if stable["requests"] == 0:
             problems.append(f"stable served none of the {obs['traffic']['requests']} requests sent during the fault")
         elif stable["success_ratio"] < self.stable.min_success_ratio:

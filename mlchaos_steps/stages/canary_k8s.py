@@ -34,6 +34,9 @@ class KubernetesRollout(StrictModel):
                                                                     "pair: the rollback scales it to zero")
     kubeconfig: str | None = None
     context: str | None = None
+    route_lag_s: float = Field(default=1.0, ge=0, le=30, description=(
+        "after the abort, requests may still reach the canary's pods this long (Service endpoints being "
+        "updated); later ones served by the canary fail the stage"))
 
     @model_validator(mode="after")
     def _one_kind(self) -> KubernetesRollout:
