@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseHook
@@ -80,7 +81,7 @@ class KubernetesConnection(BaseHook):
         if not inline and not context:
             os.environ["KUBECONFIG"] = str(path)
             return str(path)
-        document = inline if isinstance(inline, dict) else yaml.safe_load(inline or open(path).read())  # noqa: SIM115
+        document = inline if isinstance(inline, dict) else yaml.safe_load(inline or Path(path).read_text())
         if context:
             document["current-context"] = context
         handle, copy = tempfile.mkstemp(prefix="mlchaos-kubeconfig-", suffix=".yaml")  # 0600: it holds secrets
