@@ -25,6 +25,9 @@ _AIRFLOW_HOME = Path(__import__("tempfile").mkdtemp(prefix="mlchaos-test-airflow
 os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{_AIRFLOW_HOME / 'airflow.db'}"
 configure_airflow_home(_AIRFLOW_HOME)
 os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
+# MLflow's usage telemetry: nothing to send it to here, and its client sets and unsets an environment
+# variable from whichever thread loads it, under other threads reading os.environ (a KeyError seen).
+os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 BIN = Path(sys.executable).parent
 
@@ -41,20 +44,32 @@ def mlchaos_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-# The longest tests (whole DAG runs, the demo in a subprocess) start first, one at the head of each
-# worker's share (pytest-xdist hands each worker a contiguous slice, then idle workers steal), so the
-# run neither piles them onto one worker nor ends waiting for one started last.
-LONGEST_FIRST = ("test_demo.py", "test_example_dags.py")
-
-
+# The heaviest tests (marked ``heavy(seconds)``: whole DAG runs, the demo, workflows whose every step is
+# a fresh process) head the workers' shares, longest first onto the least loaded share, so the run
+# neither piles them onto one worker nor ends waiting for one started last. pytest-xdist's work
+# stealing hands worker k the next ``len(pending) // (workers - k)`` tests in collection order, then
+# idle workers steal from the end of others' queues: the heads stay where they are put.
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    workers = config.getoption("numprocesses", default=None)
-    n = workers if isinstance(workers, int) and workers > 1 else 1
-    slow = sorted((i for i in items if i.path.name in LONGEST_FIRST), key=lambda i: LONGEST_FIRST.index(i.path.name))
-    rest = [i for i in items if i.path.name not in LONGEST_FIRST]
-    shares: list[list[pytest.Item]] = [slow[k::n] for k in range(n)]
-    size = -(-len(items) // n)
-    for share in shares:
+    # Collection runs on each worker (the controller compares their lists), where xdist has cleared
+    # numprocesses: the worker count comes with the worker's input.
+    n = max(1, int(getattr(config, "workerinput", {}).get("workercount", 1)))
+
+    def weight(item: pytest.Item) -> float:
+        marker = item.get_closest_marker("heavy")
+        return float(marker.args[0]) if marker else 0.0
+
+    heavy = sorted((i for i in items if weight(i)), key=weight, reverse=True)
+    rest = [i for i in items if not weight(i)]
+    shares: list[list[pytest.Item]] = [[] for _ in range(n)]
+    loads = [0.0] * n
+    for item in heavy:
+        k = loads.index(min(loads))
+        shares[k].append(item)
+        loads[k] += weight(item)
+    left = len(items)
+    for k, share in enumerate(shares):
+        size = left // (n - k)
+        left -= size
         take = max(0, size - len(share))
         share += rest[:take]
         del rest[:take]

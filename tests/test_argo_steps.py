@@ -51,6 +51,7 @@ def _champion(model: str) -> str | None:
     return alias_version(model, "champion")
 
 
+@pytest.mark.heavy(300)
 def test_retraining_passes_promotes_and_a_retried_inject_is_skipped(mlflow_server: str, model_name: str,
                                                                    tmp_path: Path) -> None:
     argo = _run("retraining.yaml", tmp_path, mlflow_server, workdir=str(tmp_path / "work"), model=model_name)
@@ -75,6 +76,7 @@ def test_retraining_passes_promotes_and_a_retried_inject_is_skipped(mlflow_serve
     assert keys == {f"{argo.uid}/{argo.name}.checkpoint-wipe"}
 
 
+@pytest.mark.heavy(120)
 def test_broken_retraining_fails_restores_and_the_gate_blocks(mlflow_server: str, model_name: str,
                                                               tmp_path: Path) -> None:
     from mlchaos_steps.examples.training import ensure_champion
@@ -106,6 +108,7 @@ def test_broken_retraining_fails_restores_and_the_gate_blocks(mlflow_server: str
     assert _champion(model_name) == champion
 
 
+@pytest.mark.heavy(65)
 def test_nightly_cron_workflow_runs_its_stages_on_the_champion(mlflow_server: str, model_name: str,
                                                                tmp_path: Path) -> None:
     argo = _run("nightly.yaml", tmp_path, mlflow_server, workdir=str(tmp_path / "work"), model=model_name)
@@ -134,6 +137,7 @@ def deployment(mlflow_server: str, model_name: str, tmp_path: Path) -> Any:
     example.stop(tmp_path / "deploy")
 
 
+@pytest.mark.heavy(65)
 def test_deployment_canary_failure_passes_and_promotes(deployment: str, mlflow_server: str, model_name: str,
                                                        tmp_path: Path) -> None:
     argo = _run("deployment.yaml", tmp_path, mlflow_server, model=model_name, **{"router-url": deployment})

@@ -30,6 +30,7 @@ def laptop(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
 STAGES = ["checkpoint-wipe", "pod-delete", "registry-artifact-removal", "canary-failure"]
 
 
+@pytest.mark.heavy(200)
 def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path) -> None:
     proc = mlchaos("demo", "--workdir", str(tmp_path / "demo"), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
@@ -43,6 +44,7 @@ def test_demo_passes_on_healthy_workloads_and_restores_everything(tmp_path: Path
     assert {r["status"] for r in rows} == {"restored"}
 
 
+@pytest.mark.heavy(200)
 def test_demo_broken_shows_both_stages_failing(tmp_path: Path) -> None:
     proc = mlchaos("demo", "--broken", "--workdir", str(tmp_path / "demo"), timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -81,6 +81,7 @@ def test_gate_blocks_while_a_new_run_is_in_progress_on_a_passed_version(two_vers
     assert promote(name, v2, [STAGE]).promoted
 
 
+@pytest.mark.heavy(45)
 def test_mlflow_cut_while_verdicts_are_written_never_promotes_a_run_that_did_not_pass(
         two_versions: tuple[str, str, str], mlflow_server: str, store: Path,
         monkeypatch: pytest.MonkeyPatch) -> None:

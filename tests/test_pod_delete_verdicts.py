@@ -29,7 +29,9 @@ def _doc(server: Any, **spec: Any) -> dict[str, Any]:
     base: dict[str, Any] = {
         "target": {"local": {"selector": {"cmdline": rf"\[{server.name}\]"}}}, "count": 1,
         "recovery_slo_s": 8, "stable_s": 2,
-        "probe": {"http": {"url": server.url + "/ping", "min_success_ratio": 0.9, "interval_ms": 20,
+        # a request in flight on the killed worker is lost, and on a loaded machine the fault window may
+        # hold only ten probes: 0.8 leaves room for that one; the broken servers fail on recovery
+        "probe": {"http": {"url": server.url + "/ping", "min_success_ratio": 0.8, "interval_ms": 20,
                            "timeout_s": 1}},
     }
     base.update(spec)

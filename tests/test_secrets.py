@@ -61,6 +61,7 @@ def test_redact_argument_lists_and_mappings() -> None:
                                             "AWS_ACCESS_KEY_ID"], REDACTED), "HARMLESS": "visible", "MAX_TOKENS": 5}
 
 
+@pytest.mark.heavy(45)
 def test_planted_secrets_leave_no_trace(two_versions: tuple[str, str, str], store: Path, tmp_path: Path,
                                         mlflow_server: str, mlchaos_home: Path) -> None:
     name, _, v2 = two_versions
