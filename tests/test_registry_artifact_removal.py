@@ -57,6 +57,22 @@ def test_detected_passes_for_a_real_model_and_round_trip_is_exact(two_versions: 
     assert "journal.json" in [a.path for a in client().list_artifacts(run.info.run_id)]
 
 
+def test_a_model_in_mlflows_default_skops_format_round_trips(mlflow_server: str, model_name: str) -> None:
+    """The example models are cloudpickled (cheaper to load); MLflow's own default for scikit-learn is
+    skops: its weights file is removed, loading notices, and everything comes back byte for byte."""
+    from mlchaos_steps.examples.models import register_sklearn
+
+    version = register_sklearn(model_name, serialization_format="skops")
+    before = _digests(model_name, version)
+    assert any(p.endswith("model.skops") for p in before), before
+    outcome = run_stage(parse_stage(_doc(model_name, version, scope="weights")), "rar-skops")
+    assert outcome.verdict.status == "passed", outcome.verdict
+    load = outcome.verdict.evidence["checks"][0]
+    assert not load["ok"] and "model.skops" in load["detail"], load  # the loader missed the weights file
+    assert outcome.restored and _digests(model_name, version) == before
+    assert model_loads(f"models:/{model_name}/{version}").ok
+
+
 def test_detected_fails_when_the_model_loads_without_its_weights(mlflow_server: str, model_name: str,
                                                                  tmp_path: Path) -> None:
     version = register_silent_fallback(model_name, tmp_path)

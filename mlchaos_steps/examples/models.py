@@ -26,8 +26,14 @@ def _data(n: int = 400) -> tuple[Any, Any]:
     return x, (x[:, 0] + 0.5 * x[:, 1] - x[:, 2] > 0).astype(int)
 
 
-def register_sklearn(name: str, experiment: str = "mlchaos-examples") -> str:
-    """Train, log and register; returns the new version."""
+def register_sklearn(name: str, experiment: str = "mlchaos-examples", serialization_format: str = "cloudpickle"
+                     ) -> str:
+    """Train, log and register; returns the new version.
+
+    cloudpickle rather than MLflow's default, skops: importing skops walks the attributes of every module
+    loaded (3 to 4 s of CPU in each process that saves or loads the model, more in an Airflow worker),
+    and MLflow 3.17 gates loading either format behind the same MLFLOW_ALLOW_PICKLE_DESERIALIZATION.
+    ``serialization_format="skops"`` logs it the default way."""
     from sklearn.linear_model import LogisticRegression
 
     from mlchaos_steps.targets.mlflow import experiment_id, tracking_uri
@@ -38,7 +44,7 @@ def register_sklearn(name: str, experiment: str = "mlchaos-examples") -> str:
     with mlflow.start_run(experiment_id=experiment_id(experiment)):
         mlflow.log_metric("accuracy", float(model.score(x, y)))
         info = mlflow.sklearn.log_model(model, name="model", pip_requirements=PIP_REQUIREMENTS,
-                                        registered_model_name=name)
+                                        registered_model_name=name, serialization_format=serialization_format)
     return str(info.registered_model_version)
 
 
