@@ -28,8 +28,9 @@ def deployment(tracking_server: workloads.TrackingServer, tmp_path_factory: pyte
     v1, v2 = register_sklearn(name), register_sklearn(name)
     client().set_registered_model_alias(name, "champion", v1)
     client().set_registered_model_alias(name, "challenger", v2)
-    stable = workloads.start_model_server(f"models:/{name}@champion", log_path=logs / "stable.log")
-    canary = workloads.start_model_server(f"models:/{name}@challenger", log_path=logs / "canary.log")
+    stable, canary = workloads.start_together(
+        lambda: workloads.start_model_server(f"models:/{name}@champion", log_path=logs / "stable.log"),
+        lambda: workloads.start_model_server(f"models:/{name}@challenger", log_path=logs / "canary.log"))
     try:
         yield {"name": name, "v1": v1, "v2": v2, "stable": stable, "canary": canary, "logs": logs}
     finally:

@@ -23,12 +23,15 @@ def start(model: str, candidate: str, workdir: str | Path, *, router_port: int, 
     logs.mkdir(parents=True, exist_ok=True)
     started: list[Any] = []
     try:
-        started.append(workloads.start_server(healthy=not broken, port=serving_port, label=SERVING_LABEL,
-                                              log_path=logs / "workers.log"))
-        stable = workloads.start_model_server(f"models:/{model}@champion", log_path=logs / "stable.log")
-        started.append(stable)
-        canary = workloads.start_model_server(f"models:/{model}@challenger", log_path=logs / "canary.log")
-        started.append(canary)
+        # The workers and the two model servers start side by side (each takes seconds to load), then the
+        # router in front of the model servers.
+        workers, stable, canary = workloads.start_together(
+            lambda: workloads.start_server(healthy=not broken, port=serving_port, label=SERVING_LABEL,
+                                           log_path=logs / "workers.log"),
+            lambda: workloads.start_model_server(f"models:/{model}@champion", log_path=logs / "stable.log"),
+            lambda: workloads.start_model_server(f"models:/{model}@challenger", log_path=logs / "canary.log"),
+        )
+        started += [workers, stable, canary]
         started.append(workloads.start_router(
             stable.url, canary.url, canary_weight=30, rollback=not broken,
             analysis={"interval_s": 0.5, "count": 10_000}, model=model, version=candidate,

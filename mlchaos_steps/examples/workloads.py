@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -131,6 +132,23 @@ def start_server(healthy: bool = True, workers: int = 2, port: int | None = None
         server.stop()
         raise RuntimeError("the example server's workers did not all answer /ping within 60s")
     return server
+
+
+def start_together(*starters: Callable[[], LocalService]) -> list[LocalService]:
+    """Run each ``start_*`` call in a thread of its own (they mostly wait for a server to load) and return
+    what they started, in order; when any fails, the others that started are stopped and the first
+    error is raised."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=len(starters)) as pool:
+        futures = [pool.submit(start) for start in starters]
+    errors = [f.exception() for f in futures if f.exception() is not None]
+    if errors:
+        for future in futures:
+            if future.exception() is None:
+                future.result().stop()
+        raise errors[0]
+    return [f.result() for f in futures]
 
 
 def _every_worker_answered(server: ExampleServer, answered: set[int]) -> bool:
