@@ -11,7 +11,13 @@ import json
 from pathlib import Path
 from typing import Any
 
-SERVING_LABEL = "mlchaos-example-serving"  # the pod-delete stage selects the workers by this label
+SERVING_LABEL = "mlchaos-example-serving"
+
+
+def serving_label(serving_port: int) -> str:
+    """The workers' ``MLCHAOS_APP``, which the pod-delete stage selects them by: one per deployment (two
+    deployments side by side, two demos say, must not count or kill each other's workers)."""
+    return f"{SERVING_LABEL}-{serving_port}"
 
 
 def start(model: str, candidate: str, workdir: str | Path, *, router_port: int, serving_port: int,
@@ -26,7 +32,7 @@ def start(model: str, candidate: str, workdir: str | Path, *, router_port: int, 
         # The workers and the two model servers start side by side (each takes seconds to load), then the
         # router in front of the model servers.
         workers, stable, canary = workloads.start_together(
-            lambda: workloads.start_server(healthy=not broken, port=serving_port, label=SERVING_LABEL,
+            lambda: workloads.start_server(healthy=not broken, port=serving_port, label=serving_label(serving_port),
                                            log_path=logs / "workers.log"),
             lambda: workloads.start_model_server(f"models:/{model}@champion", log_path=logs / "stable.log"),
             lambda: workloads.start_model_server(f"models:/{model}@challenger", log_path=logs / "canary.log"),
