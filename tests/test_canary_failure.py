@@ -52,7 +52,8 @@ def _doc(d: dict[str, Any], router: workloads.CanaryRouter, fault: str, **spec: 
     return {"kind": "CanaryFailure", "spec": {
         "model": d["name"], "candidate": "@challenger", "router": {"url": router.url}, "fault": fault,
         "rollback_within_s": 15, "stable": {"min_success_ratio": 0.99},
-        "traffic": {"sample": SAMPLE_INPUT, "interval_ms": 20, "timeout_s": 2}, **spec}}
+        # ~50 requests a second through the router: each costs the model server a pandas frame
+        "traffic": {"sample": SAMPLE_INPUT, "interval_ms": 40, "clients": 2, "timeout_s": 2}, **spec}}
 
 
 @pytest.mark.parametrize("fault", ["errors", "latency"])
