@@ -44,11 +44,16 @@ def mlchaos_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-# The heaviest tests (marked ``heavy(seconds)``: whole DAG runs, the demo, workflows whose every step is
-# a fresh process) head the workers' shares, longest first onto the least loaded share, so the run
-# neither piles them onto one worker nor ends waiting for one started last. pytest-xdist's work
-# stealing hands worker k the next ``len(pending) // (workers - k)`` tests in collection order, then
-# idle workers steal from the end of others' queues: the heads stay where they are put.
+# The heaviest tests (marked ``heavy(seconds)``: the demo, workflows whose every step is a fresh process)
+# head the workers' shares, longest first onto the least loaded share, so the run neither piles them onto
+# one worker nor ends waiting for one started last. The tests that run DAGs in this process go together
+# to the least loaded share: each worker that runs one pays Airflow's warm-up (its imports, metadata
+# database, in-process execution API: 10 to 15 s of CPU), so ``heavy`` is not for them. pytest-xdist's
+# work stealing hands worker k the next ``len(pending) // (workers - k)`` tests in collection order,
+# then idle workers steal from the end of others' queues: the heads stay where they are put.
+AIRFLOW_IN_PROCESS = ("test_airflow.py", "test_example_dags.py", "test_airflow_kubernetes.py")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     # Collection runs on each worker (the controller compares their lists), where xdist has cleared
     # numprocesses: the worker count comes with the worker's input.
@@ -59,13 +64,15 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         return float(marker.args[0]) if marker else 0.0
 
     heavy = sorted((i for i in items if weight(i)), key=weight, reverse=True)
-    rest = [i for i in items if not weight(i)]
+    together = [i for i in items if not weight(i) and i.path.name in AIRFLOW_IN_PROCESS]
+    rest = [i for i in items if not weight(i) and i.path.name not in AIRFLOW_IN_PROCESS]
     shares: list[list[pytest.Item]] = [[] for _ in range(n)]
     loads = [0.0] * n
     for item in heavy:
         k = loads.index(min(loads))
         shares[k].append(item)
         loads[k] += weight(item)
+    shares[loads.index(min(loads))] += together
     left = len(items)
     for k, share in enumerate(shares):
         size = left // (n - k)

@@ -51,7 +51,6 @@ def test_chaos_stage_healthy_run_succeeds(airflow_db: Path, store: Path) -> None
     assert tree_digests(store) == before
 
 
-@pytest.mark.heavy(60)
 def test_failed_verification_fails_the_run_and_blocks_downstream(airflow_db: Path, store: Path) -> None:
     from airflow.sdk import task
 
@@ -164,7 +163,6 @@ def test_insert_into_taskflow_groups_mapping_and_setup_teardown(airflow_db: Path
     assert states["evaluate"] == "success" and states["delete_cluster"] == "success"
 
 
-@pytest.mark.heavy(50)
 def test_promotion_gate_operator(airflow_db: Path, two_versions: tuple[str, str, str], store: Path) -> None:
     from airflow.sdk import task
 
