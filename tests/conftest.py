@@ -266,8 +266,7 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
 
     info = factory.getbasetemp() / SHARED_SERVER_FILE
     if info.exists():
-        # the run is over: uvicorn under `mlflow server` lingers on idle keep-alive connections, and
-        # nothing it holds needs a clean stop (its SQLite file is thrown away with the run)
+        # the run is over: nothing the server holds needs a clean stop (its SQLite file goes with the run)
         stop_process_group(json.loads(info.read_text())["pid"], grace_s=1)
     cluster = factory.getbasetemp() / SHARED_CLUSTER_FILE
     if cluster.exists():
