@@ -5,12 +5,12 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
 
 import yaml
 from kube_agent import NEVER_READY
+from systems import QuietHandler
 
 
 def deployment(name: str, replicas: int, labels: dict[str, str] | None = None) -> dict[str, Any]:
@@ -124,15 +124,11 @@ class ServiceProxy:
     def stop(self) -> None:
         self._stop.set()
         self.server.shutdown()
+        self.server.server_close()
 
 
-class _Forward(BaseHTTPRequestHandler):
+class _Forward(QuietHandler):
     """ServiceProxy's request handler."""
-
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, *args: Any) -> None:
-        pass
 
     @property
     def owner(self) -> ServiceProxy:

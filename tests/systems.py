@@ -31,7 +31,9 @@ class _Server:
         self.httpd.server_close()
 
 
-class _Quiet(BaseHTTPRequestHandler):
+class QuietHandler(BaseHTTPRequestHandler):
+    """HTTP/1.1 keep-alive, no access log: the base of the tests' own HTTP servers."""
+
     protocol_version = "HTTP/1.1"
 
     def log_message(self, *args: Any) -> None:
@@ -60,7 +62,7 @@ class Backend(_Server):
         self.arrivals: list[float] = []
         self.lock = threading.Lock()
 
-        class Handler(_Quiet):
+        class Handler(QuietHandler):
             def do_POST(self) -> None:  # noqa: N802
                 self._body()
                 owner: Backend = self.server.owner  # type: ignore[attr-defined]
@@ -101,7 +103,7 @@ class Router(_Server):
         self.rng = random.Random(7)
         self.lock = threading.Lock()
 
-        class Handler(_Quiet):
+        class Handler(QuietHandler):
             def do_GET(self) -> None:  # noqa: N802
                 owner: Router = self.server.owner  # type: ignore[attr-defined]
                 if self.path == "/mlchaos/state":
