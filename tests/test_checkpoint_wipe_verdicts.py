@@ -161,15 +161,17 @@ def _damage(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
-def test_store_damaged_before_the_stage_is_inconclusive_and_untouched(store: Path) -> None:
-    _damage(store / "step-400" / "model.pkl")  # the checkpoint training would resume from
+def test_store_damaged_before_the_stage_passes_a_trainer_that_skips_the_damage(store: Path) -> None:
+    """step-400 is damaged before the fault: a trainer that passes over it is right (it used to be refused
+    as a steady-state failure; see test_checkpoint_wipe_claims.py for the rest)."""
+    _damage(store / "step-400" / "model.pkl")  # the checkpoint training would otherwise resume from
     before = tree_digests(store)
     doc = wipe_doc(store, "corrupt-latest", integrity={"command": workloads.integrity_command()})
     outcome = run_stage(parse_stage(doc), "pre-damaged")
-    assert outcome.verdict.status == "inconclusive", outcome.verdict
-    assert "steady state not met" in outcome.verdict.reason and "step-400" in outcome.verdict.reason
+    assert outcome.verdict.status == "passed", outcome.verdict
+    assert outcome.verdict.evidence["resumed_from_step"] == 300
+    assert "damaged before the fault: step-400 (model.pkl" in outcome.verdict.reason
     assert tree_digests(store) == before
-    assert SqliteLedger().actions("pre-damaged") == []
 
 
 def test_intact_store_passes_the_integrity_check(store: Path) -> None:

@@ -34,12 +34,24 @@ from mlchaos_steps.core.context import PhaseContext, check_kill_switch, run_dir_
 from mlchaos_steps.core.processes import CommandResult, run_command, same_process, stop_process_group
 from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
-from mlchaos_steps.core.verdict import Verdict
-from mlchaos_steps.errors import InfrastructureError, RestoreError, SpecError
-from mlchaos_steps.stages.parts import RESUME_KEY, ResumeReport, parse_resume_reports, step_pattern, store_url
-from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore
+from mlchaos_steps.core.verdict import Verdict, VerdictStatus
+from mlchaos_steps.errors import InfrastructureError, RestoreError, SafetyError, SpecError
+from mlchaos_steps.stages.parts import (
+    RESUME_KEY,
+    ResumeReport,
+    claim_problem,
+    lost_steps_problem,
+    parse_resume_reports,
+    step_pattern,
+    store_url,
+)
+from mlchaos_steps.targets.checkpoint_evidence import assess
+from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore, siblings
 
 OUTPUT_TAIL_CHARS = 2000
+PASSED: VerdictStatus = "passed"
+FAILED: VerdictStatus = "failed"
+INCONCLUSIVE: VerdictStatus = "inconclusive"
 CHECKPOINT_PLACEHOLDER = "{checkpoint}"
 
 
@@ -154,55 +166,72 @@ class CheckpointWipe(StageSpec):
             check_runnable(self.integrity.command, self.resume.cwd, self.resume.env, "spec.integrity")
         store, found, victims = self._resolve()
         survivors = found[: len(found) - len(victims)]
-        backups = []
-        for victim in victims:
-            backups.append({
-                "name": victim.name, "step": victim.step, "path": victim.path, "is_dir": victim.is_dir,
-                "on_disk": store.signature(victim.path),
-                "digest": store.digest(victim.path, check_kill_switch), "size_bytes": store.size_bytes(victim.path),
-            })
-        # Steady state: what the stage breaks, and what training should resume from, are intact now.
-        in_play = [*victims, *survivors[-1:]]
-        steady = [self._check_intact(store, c) for c in in_play]
+        # What each victim is on disk, before its digest: a change after this point is caught by inject.
+        on_disk = [store.signature(v.path) for v in victims]
+        # Steady state: what the stage breaks is intact now (else the experiment would prove nothing).
+        steady = [self._assess(store, c, found) for c in victims]
         damaged = [s for s in steady if not s["intact"]]
         if damaged:
             raise InfrastructureError(
                 "steady state not met before the fault: " + "; ".join(f"{s['name']} {s['detail']}" for s in damaged)
                 + ". Nothing was broken: repair the store (or point the stage at an intact one) and run it again")
+        # What training should resume from: the newest survivor not shown to be damaged already. The
+        # damaged ones above it (a save cut short by an earlier preemption) are evidence for verify: a
+        # trainer that skips them is right to.
+        assessed: list[dict[str, Any]] = []
+        for survivor in reversed(survivors):
+            assessed.append(self._assess(store, survivor, found))
+            if assessed[-1]["intact"]:
+                break
+        backups = [{"name": v.name, "step": v.step, "path": v.path, "is_dir": v.is_dir, "on_disk": signature,
+                    "digest": entry.pop("digest"), "size_bytes": store.size_bytes(v.path)}
+                   for v, signature, entry in zip(victims, on_disk, steady, strict=True)]
+        for entry in assessed:
+            entry.pop("digest", None)
         state = {
             "checkpoints": [{"name": c.name, "step": c.step} for c in found],
             "victims": backups,
             "newest_step": found[-1].step,
-            "newest_intact_step": survivors[-1].step if survivors else 0,
+            "newest_intact_step": next((a["step"] for a in assessed if a["intact"]), 0),
+            "survivors_assessed": assessed,
             "steady_before": steady,
         }
         ctx.save(**state)
         return {"victims": [b["name"] for b in backups], "newest_step": state["newest_step"],
-                "newest_intact_step": state["newest_intact_step"], "steady_state": steady}
+                "newest_intact_step": state["newest_intact_step"], "steady_state": steady + assessed}
 
-    def _check_intact(self, store: CheckpointStore, checkpoint: Any) -> dict[str, Any]:
+    def _assess(self, store: CheckpointStore, checkpoint: Any, found: list[Any]) -> dict[str, Any]:
+        """Is this checkpoint intact before the fault, and how sure is the stage? ``evidence``: ``verified``
+        (its own digests, CRCs or the integrity command say so), ``unverified`` (readable and consistent,
+        nothing proves its content) or ``damaged``."""
         entry: dict[str, Any] = {"name": checkpoint.name, "step": checkpoint.step}
         try:
             size = store.size_bytes(checkpoint.path)
-            store.digest(checkpoint.path, check_kill_switch)  # every byte readable
+            entry["digest"] = store.digest(checkpoint.path, check_kill_switch)  # every byte readable
+            evidence = assess(store.fs, checkpoint.path, siblings(found, checkpoint), check_kill_switch)
         except OSError as exc:
-            return {**entry, "intact": False, "detail": f"cannot be read: {exc}"}
+            return {**entry, "intact": False, "evidence": "damaged", "detail": f"cannot be read: {exc}"}
         if size == 0:
-            return {**entry, "intact": False, "detail": "is empty"}
+            return {**entry, "intact": False, "evidence": "damaged", "detail": "is empty"}
+        if evidence.state == "damaged":
+            return {**entry, "intact": False, "evidence": "damaged", "detail": evidence.detail}
         if self.integrity is None:
-            return {**entry, "intact": True, "detail": f"{size} bytes, readable"}
-        argv = [a.replace(CHECKPOINT_PLACEHOLDER, checkpoint.path) for a in self.integrity.command]
-        env = {**os.environ, **self.resume.env, "MLCHAOS_CHECKPOINT": checkpoint.path, "MLCHAOS_STORE": self.store}
+            return {**entry, "intact": True, "evidence": evidence.state, "detail": f"{size} bytes; {evidence.detail}"}
+        ok, detail = self._integrity_check(checkpoint.path)
+        return {**entry, "intact": ok, "evidence": "verified" if ok else "damaged", "detail": detail}
+
+    def _integrity_check(self, path: str) -> tuple[bool, str]:
+        assert self.integrity is not None
+        argv = [a.replace(CHECKPOINT_PLACEHOLDER, path) for a in self.integrity.command]
+        env = {**os.environ, **self.resume.env, "MLCHAOS_CHECKPOINT": path, "MLCHAOS_STORE": self.store}
         try:
             result = run_command(argv, env=env, cwd=self.resume.cwd, timeout_s=self.integrity.timeout_s,
                                  on_tick=check_kill_switch)
         except OSError as exc:
             raise InfrastructureError(f"the integrity command could not start: {exc}") from exc
         ok = result.exit_code == 0
-        detail = "integrity check passed" if ok else (
-            "integrity check timed out" if result.timed_out else
-            f"failed its integrity check (exit {result.exit_code}: {result.stderr.strip()[-200:]})")
-        return {**entry, "intact": ok, "detail": detail}
+        return ok, ("integrity check passed" if ok else "integrity check timed out" if result.timed_out else
+                    f"failed its integrity check (exit {result.exit_code}: {result.stderr.strip()[-200:]})")
 
     def inject(self, ctx: PhaseContext) -> dict[str, Any]:
         store = CheckpointStore(self.store)
@@ -226,6 +255,13 @@ class CheckpointWipe(StageSpec):
                 if damage != "delete":
                     self._place_damage(ctx, store, action, undo, quarantine, victim["path"], damage)
             wiped.append(victim["name"])
+        # The store as the fault left it: a step the trainer claims must have been here (or at snapshot).
+        held = {c["step"] for c in ctx.state["checkpoints"]}
+        try:
+            held |= {c.step for c in store.checkpoints(self.pattern)}
+        except (OSError, SafetyError, SpecError):  # the fault is in place: the snapshot's listing will do
+            pass
+        ctx.save(steps_at_fault=sorted(held))
         return {"wiped": wiped, "mode": self.mode, "inject_seconds": round(time.perf_counter() - started, 6)}
 
     @staticmethod
@@ -251,27 +287,6 @@ class CheckpointWipe(StageSpec):
                                   evidence={"command": self.resume.command})
         return self.judge(state, result)
 
-    def _resume_went_wrong(self, result: CommandResult, reports: list[ResumeReport], victims: dict[int, Any],
-                           evidence: dict[str, Any]) -> str | None:
-        """Why the resume failed whatever step it reached: it timed out, contradicted itself, loaded a
-        checkpoint this stage damaged, or exited non-zero."""
-        if result.timed_out:
-            return f"training did not finish resuming within {self.resume.timeout_s:g}s"
-        steps = sorted({r.step for r in reports})
-        if len(steps) > 1:
-            return (f"the resume reports contradict each other (steps {', '.join(map(str, steps))}): "
-                    "one process claimed one checkpoint and another loaded a different one")
-        last = reports[-1] if reports else None
-        if last is not None and last.step in victims:
-            intact_copy, why = self._intact_copy(last, victims[last.step])
-            evidence["intact_copy"] = why
-            if not intact_copy:
-                return (f"training resumed from step {last.step}, a checkpoint this stage wiped "
-                        f"({self.mode}): the damage went undetected ({why})")
-        if result.exit_code != 0:
-            return f"the resume command exited with code {result.exit_code}"
-        return None
-
     def judge(self, state: dict[str, Any], result: CommandResult) -> Verdict:
         """The verdict over what the resume command did and reported, against what snapshot recorded."""
         victims = {v["step"]: v for v in state["victims"]}
@@ -282,34 +297,107 @@ class CheckpointWipe(StageSpec):
             "resumed_from_step": last.step if last else None, "reports": [r.__dict__ for r in reports],
             "expected_step": state["newest_intact_step"], "wiped_steps": sorted(victims),
             "newest_step": state["newest_step"], "leftover_processes_stopped": result.leftovers_stopped,
+            "survivors_assessed": state.get("survivors_assessed", []),
             "stdout_tail": result.stdout[-OUTPUT_TAIL_CHARS:], "stderr_tail": result.stderr[-OUTPUT_TAIL_CHARS:],
         }
         metrics: dict[str, float] = {"resume_seconds": result.seconds}
         if last is not None:
             metrics["lost_steps"] = state["newest_step"] - last.step
+        status, reason = self._outcome(state, result, reports, evidence)
+        return Verdict(status=status, reason=reason, metrics=metrics, evidence=evidence)
 
-        def failed(reason: str) -> Verdict:
-            return Verdict.failed(reason, metrics=metrics, evidence=evidence)
-
-        reason = self._resume_went_wrong(result, reports, victims, evidence)
-        if reason:
-            return failed(reason)
+    def _outcome(self, state: dict[str, Any], result: CommandResult, reports: list[ResumeReport],
+                 evidence: dict[str, Any]) -> tuple[VerdictStatus, str]:
+        """(status, reason), in order: deadlines, the claim against the store, wiped steps, the exit code,
+        skipped checkpoints, the budget."""
+        if result.timed_out:
+            return FAILED, f"training did not finish resuming within {self.resume.timeout_s:g}s"
+        last = reports[-1] if reports else None
+        wiped = self._claim(state, reports, evidence) if reports else None
+        if wiped is not None and wiped[0] == FAILED:
+            return wiped
+        if result.exit_code != 0:
+            return FAILED, f"the resume command exited with code {result.exit_code}"
         if last is None:
-            return Verdict.inconclusive(
-                f"the resume command did not report where it resumed: print a JSON line "
-                f'{{"{RESUME_KEY}": N}} on standard output', metrics=metrics, evidence=evidence)
-        lost = metrics["lost_steps"]
+            return INCONCLUSIVE, (f"the resume command did not report where it resumed: print a JSON line "
+                                  f'{{"{RESUME_KEY}": N}} on standard output')
+        if wiped is not None and wiped[0] == INCONCLUSIVE:
+            return wiped
+        skipped = self._skipped(state, last.step)
+        if skipped[0] != PASSED:
+            return skipped
+        lost = state["newest_step"] - last.step
+        if problem := lost_steps_problem(last.step, state["newest_step"], self.resume.max_lost_steps):
+            return FAILED, f"training {problem}"
+        what = wiped[1] if wiped else "the newest intact checkpoint"
+        return PASSED, (f"training resumed from step {last.step}, {what}{skipped[1]}; "
+                        f"{lost:g} steps lost (budget {self.resume.max_lost_steps})")
+
+    def _claim(self, state: dict[str, Any], reports: list[ResumeReport],
+               evidence: dict[str, Any]) -> tuple[VerdictStatus, str] | None:
+        """The reports against the store at the fault (the rules training pods share), then, for a step this
+        stage wiped, the copy the trainer loaded instead. None when the claim needs nothing more."""
+        held = state.get("steps_at_fault") or [c["step"] for c in state["checkpoints"]]
+        if problem := claim_problem([r.step for r in reports], held):
+            return FAILED, f"the resume command {problem}"
+        victims = {v["step"]: v for v in state["victims"]}
+        return self._wiped_step(reports[-1], victims[reports[-1].step], evidence) if reports[-1].step in victims \
+            else None
+
+    def _wiped_step(self, report: ResumeReport, victim: dict[str, Any],
+                    evidence: dict[str, Any]) -> tuple[VerdictStatus, str]:
+        """The trainer says it resumed from a step this stage wiped: only an intact copy elsewhere, checked
+        by digest at the report's ``source``, makes that right."""
+        if report.source:
+            intact, why = self._intact_copy(report, victim)
+            evidence["intact_copy"] = why
+            if intact:
+                return PASSED, "an intact copy of the wiped step"
+            undetected = ": the damage went undetected" if self.mode != "delete-latest" else ""
+            return FAILED, (f"training resumed from step {report.step}, a checkpoint this stage wiped "
+                            f"({self.mode}){undetected} ({why})")
+        if self.mode == "delete-latest":
+            # The deleted files cannot have been loaded: a correct resume of this step proves a second copy,
+            # but without its location the stage cannot check that copy's bytes.
+            evidence["intact_copy"] = "the report names no source"
+            return INCONCLUSIVE, (
+                f"training reports resuming from step {report.step}, which this stage deleted: it must have loaded "
+                "a copy from elsewhere (a mirror, another tier), but the report names no source the stage could "
+                'check: add "source" (the copy\'s path or URL) and "digest" to the report')
+        evidence["intact_copy"] = "the report names no source"
+        return FAILED, (f"training resumed from step {report.step}, a checkpoint this stage wiped ({self.mode}): "
+                        "the damage went undetected (the report names no source: add \"source\" to it if you load "
+                        "a mirror)")
+
+    @staticmethod
+    def _skipped(state: dict[str, Any], step: int) -> tuple[VerdictStatus, str]:
+        """Judge the checkpoints the stage did not touch that training passed over, by the evidence
+        snapshot gathered on them before the fault. (PASSED, what to add to the reason) when it was right."""
+        assessed = state.get("survivors_assessed")
+        if assessed is None:  # a run snapshotted before this evidence was kept
+            assessed = [{"step": state["newest_intact_step"], "name": f"step {state['newest_intact_step']}",
+                         "intact": True, "evidence": "unverified", "detail": "no evidence recorded"}]
+        damaged = {a["step"]: a for a in assessed if not a["intact"]}
+        if step in damaged:
+            return FAILED, (f"training resumed from step {step}, a checkpoint that was damaged before the fault "
+                            f"({damaged[step]['name']}: {damaged[step]['detail']})")
         expected = state["newest_intact_step"]
-        if last.step < expected:
-            return failed(f"training resumed from step {last.step}, not from the newest intact checkpoint "
-                          f"(step {expected}); {lost:g} steps lost")
-        if lost > self.resume.max_lost_steps:
-            return failed(f"{lost:g} steps lost, more than max_lost_steps={self.resume.max_lost_steps}")
-        what = ("an intact copy of the wiped step" if last.step in victims
-                else "the newest intact checkpoint")
-        return Verdict.passed(f"training resumed from step {last.step}, {what}; "
-                              f"{lost:g} steps lost (budget {self.resume.max_lost_steps})",
-                              metrics=metrics, evidence=evidence)
+        passed_over = [a for a in assessed if step < a["step"]]
+        target = next((a for a in passed_over if a["intact"]), None)
+        if target is not None:
+            lost = state["newest_step"] - step
+            if target["evidence"] == "verified":
+                return FAILED, (f"training resumed from step {step}, not from the newest intact checkpoint "
+                                f"(step {expected}: {target['detail']}); {lost:g} steps lost")
+            return INCONCLUSIVE, (
+                f"training passed over step {expected} and resumed from step {step}; the stage cannot tell whether "
+                f"step {expected} was damaged before the fault ({target['detail']}): give spec.integrity.command "
+                "(exit 0 for an intact checkpoint) so it can")
+        skipped = [a for a in passed_over if not a["intact"]]
+        if not skipped:
+            return PASSED, ""
+        names = ", ".join(f"{a['name']} ({a['detail']})" for a in skipped)
+        return PASSED, f", passing over what was damaged before the fault: {names}"
 
     def _intact_copy(self, report: ResumeReport, victim: dict[str, Any]) -> tuple[bool, str]:
         """Did the trainer load an intact copy (a mirror, another tier) of a step this stage wiped?
@@ -323,7 +411,9 @@ class CheckpointWipe(StageSpec):
         local_path = source.removeprefix("file://") if source.startswith(("/", "file://")) else None
         if local_path is not None and store.local:
             real = os.path.realpath(local_path)
-            if real == os.path.realpath(victim["path"]):
+            # After a delete, the path holds something again only if the trainer put a copy back there:
+            # its bytes are checked like any copy's. Corrupted or truncated, it holds this stage's damage.
+            if real == os.path.realpath(victim["path"]) and (self.mode != "delete-latest" or not os.path.exists(real)):
                 return False, f"source {source} is the wiped checkpoint itself"
             if real.startswith(os.path.realpath(posixpath.join(store.root, QUARANTINE_DIR))):
                 return False, f"source {source} is mlchaos's own quarantine, not a copy the trainer keeps"

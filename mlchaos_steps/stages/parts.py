@@ -114,6 +114,44 @@ def parse_resume_reports(stdout: str) -> list[ResumeReport]:
     return reports
 
 
+def _steps_held(steps: list[int]) -> str:
+    shown = ", ".join(map(str, steps[-8:]))
+    return ("none" if not steps else shown if len(steps) <= 8 else f"..., {shown}")
+
+
+def claim_problem(steps: list[int], steps_at_fault: list[int]) -> str | None:
+    """What is wrong with a resume claim against the store, whoever checks it (checkpoint-wipe's resume
+    command, pod-delete's training pods), so the two cannot drift apart. ``steps``: the steps one
+    trainer reported, in order; ``steps_at_fault``: the checkpoints' steps in the store at the fault.
+
+    - reports naming different steps contradict each other;
+    - a step other than 0 (from scratch) must have been a checkpoint in the store at the fault: a step
+      it never held, or one ahead of every checkpoint, was never loaded from it. A copy elsewhere (a
+      mirror) counts only for a step the store held, where its digest can be checked against the store's.
+    """
+    distinct = sorted(set(steps))
+    if len(distinct) > 1:
+        return (f"reported contradictory steps {distinct}: one process claimed one checkpoint and another "
+                "loaded a different one")
+    step = distinct[0] if distinct else 0
+    held = sorted(set(steps_at_fault))
+    if step and step not in held:
+        where = (f"it is ahead of every checkpoint the store held (newest: {held[-1]})" if held and step > held[-1]
+                 else f"the store held steps {_steps_held(held)}")
+        return (f"reported resuming from step {step}, but no checkpoint of that step was in the store at the "
+                f"fault ({where}): a claim the store never backed")
+    return None
+
+
+def lost_steps_problem(step: int, newest_step: int, max_lost_steps: int) -> str | None:
+    """The work lost, the newest checkpoint at the fault minus the step resumed from, over the budget."""
+    lost = newest_step - step
+    if lost > max_lost_steps:
+        return (f"resumed from step {step}: {lost} steps lost since the newest checkpoint ({newest_step}), above "
+                f"max_lost_steps {max_lost_steps}")
+    return None
+
+
 def store_url(value: str) -> str:
     """Field validator: an fsspec URL that is safe to break things under (see ``check_store_url``)."""
     from mlchaos_steps.errors import SpecError

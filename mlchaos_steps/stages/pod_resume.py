@@ -34,7 +34,13 @@ from pydantic import Field, field_validator
 
 from mlchaos_steps.core.context import check_kill_switch
 from mlchaos_steps.core.spec import StrictModel
-from mlchaos_steps.stages.parts import parse_resume_reports, step_pattern, store_url
+from mlchaos_steps.stages.parts import (
+    claim_problem,
+    lost_steps_problem,
+    parse_resume_reports,
+    step_pattern,
+    store_url,
+)
 from mlchaos_steps.targets import kubernetes as kube
 from mlchaos_steps.targets.checkpoints import CheckpointStore
 
@@ -151,7 +157,7 @@ def problems(resume: PodResume, evidence: dict[str, Any]) -> list[str]:
     """What the replacements' reports and the store say went wrong, if anything."""
     found: list[str] = []
     newest = evidence["newest_step_at_fault"]
-    steps_at_fault = set(evidence.get("steps_at_fault") or [])
+    steps_at_fault = list(evidence.get("steps_at_fault") or [])
     resumed: list[int] = []
     for name, seen in evidence["pods"].items():
         steps = sorted({r["step"] for r in seen["reports"]})
@@ -160,17 +166,12 @@ def problems(resume: PodResume, evidence: dict[str, Any]) -> list[str]:
                          '{"mlchaos_resumed_from_step": N}' + (" (the pod ended without it)" if seen.get("ended")
                                                                else f" within {resume.timeout_s:g}s"))
             continue
-        if len(steps) > 1:
-            found.append(f"replacement pod {name} reported contradictory steps {steps}")
-            continue
-        step = steps[0]
-        resumed.append(step)
-        if step and step not in steps_at_fault:
-            found.append(f"replacement pod {name} reported resuming from step {step}, but no checkpoint of that step "
-                         f"was in the store at the fault (newest: {newest})")
-        elif newest - step > resume.max_lost_steps:
-            found.append(f"replacement pod {name} resumed from step {step}: {newest - step} steps lost since the "
-                         f"newest checkpoint ({newest}), above max_lost_steps {resume.max_lost_steps}")
+        problem = (claim_problem([r["step"] for r in seen["reports"]], steps_at_fault)
+                   or lost_steps_problem(steps[0], newest, resume.max_lost_steps))
+        if len(steps) == 1:
+            resumed.append(steps[0])
+        if problem:
+            found.append(f"replacement pod {name} {problem}")
     if resume.progress and resumed:
         written = evidence["written_after"]
         if not written:

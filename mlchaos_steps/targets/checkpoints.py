@@ -43,6 +43,13 @@ class Checkpoint:
     is_dir: bool
 
 
+def siblings(found: list[Checkpoint], checkpoint: Checkpoint, each_side: int = 2) -> list[str]:
+    """The paths of the checkpoints next to ``checkpoint`` in ``found`` (sorted by step), up to
+    ``each_side`` older and newer: what a checkpoint's files are compared with."""
+    index = next(i for i, c in enumerate(found) if c.path == checkpoint.path)
+    return [c.path for c in found[max(0, index - each_side): index] + found[index + 1: index + 1 + each_side]]
+
+
 def check_store_url(url: str, field: str = "spec.store") -> None:
     """Static checks, done when the spec is built: one file system, no '..', not a system folder."""
     if "::" in url:
