@@ -168,6 +168,33 @@ def test_resume_from_the_replica_of_the_deleted_step_naming_it_passes(tiers: tup
     assert outcome.verdict.metrics["lost_steps"] == 0
 
 
+def test_a_reported_digest_that_is_not_the_sources_fails(tiers: tuple[Path, Path]) -> None:
+    local, replica = tiers
+    trainer = _script(f"print({_report(500, source=str(replica / 'checkpoint-500'), digest='sha256:' + '0' * 64)!r})")
+    outcome = _run(_tiered_doc(local, trainer), "replica-wrong-digest", local, replica)
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert "is not the digest of" in outcome.verdict.reason
+
+
+def test_a_copy_downloaded_to_a_folder_since_cleaned_up_is_inconclusive(tiers: tuple[Path, Path],
+                                                                        tmp_path: Path) -> None:
+    """Trainers that fetch a checkpoint from a remote tier into a temporary folder, load it, and remove
+    the folder: after a delete the copy came from somewhere, but nothing is left to check."""
+    local, replica = tiers
+    trainer = _script(f"""
+import json, shutil, tempfile
+from safetensors.numpy import load_file
+scratch = tempfile.mkdtemp(dir={str(tmp_path)!r})
+shutil.copytree({str(replica / 'checkpoint-500')!r}, scratch + '/checkpoint-500')
+load_file(scratch + '/checkpoint-500/model.safetensors')
+shutil.rmtree(scratch)
+print(json.dumps({{"mlchaos_resumed_from_step": 500, "source": scratch + '/checkpoint-500'}}))
+""")
+    outcome = _run(_tiered_doc(local, trainer), "downloaded", local, replica)
+    assert outcome.verdict.status == "inconclusive", outcome.verdict
+    assert "could not be read to check it" in outcome.verdict.reason
+
+
 def test_a_replica_holding_other_bytes_for_the_deleted_step_fails(tiers: tuple[Path, Path]) -> None:
     local, replica = tiers
     shutil.rmtree(replica / "checkpoint-500")  # a stale tier: step 500 saved by an earlier run

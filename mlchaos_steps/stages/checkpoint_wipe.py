@@ -45,7 +45,7 @@ from mlchaos_steps.stages.parts import (
     step_pattern,
     store_url,
 )
-from mlchaos_steps.targets.checkpoint_evidence import assess
+from mlchaos_steps.targets.checkpoint_evidence import assess, digest_names
 from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore, siblings
 
 OUTPUT_TAIL_CHARS = 2000
@@ -349,10 +349,13 @@ class CheckpointWipe(StageSpec):
         """The trainer says it resumed from a step this stage wiped: only an intact copy elsewhere, checked
         by digest at the report's ``source``, makes that right."""
         if report.source:
-            intact, why = self._intact_copy(report, victim)
+            status, why = self._intact_copy(report, victim)
             evidence["intact_copy"] = why
-            if intact:
+            if status == PASSED:
                 return PASSED, "an intact copy of the wiped step"
+            if status == INCONCLUSIVE:
+                return INCONCLUSIVE, (f"training reports resuming from step {report.step}, which this stage deleted, "
+                                      f"from a copy the stage could not check ({why})")
             undetected = ": the damage went undetected" if self.mode != "delete-latest" else ""
             return FAILED, (f"training resumed from step {report.step}, a checkpoint this stage wiped "
                             f"({self.mode}){undetected} ({why})")
@@ -399,14 +402,13 @@ class CheckpointWipe(StageSpec):
         names = ", ".join(f"{a['name']} ({a['detail']})" for a in skipped)
         return PASSED, f", passing over what was damaged before the fault: {names}"
 
-    def _intact_copy(self, report: ResumeReport, victim: dict[str, Any]) -> tuple[bool, str]:
+    def _intact_copy(self, report: ResumeReport, victim: dict[str, Any]) -> tuple[VerdictStatus, str]:
         """Did the trainer load an intact copy (a mirror, another tier) of a step this stage wiped?
 
         Only the bytes count: mlchaos digests ``source`` itself and compares it with the digest the
-        wiped checkpoint had before the fault."""
-        if not report.source:
-            return False, "the report names no source: add \"source\" to it if you load a mirror"
-        source = report.source.rstrip("/")
+        wiped checkpoint had before the fault. A ``digest`` in the report must be that of the source:
+        mlchaos's own (``blake3:...``), or ``<algorithm>:<hex>`` of the file, or of one file of the folder."""
+        source = (report.source or "").rstrip("/")
         store = CheckpointStore(self.store)
         local_path = source.removeprefix("file://") if source.startswith(("/", "file://")) else None
         if local_path is not None and store.local:
@@ -414,21 +416,24 @@ class CheckpointWipe(StageSpec):
             # After a delete, the path holds something again only if the trainer put a copy back there:
             # its bytes are checked like any copy's. Corrupted or truncated, it holds this stage's damage.
             if real == os.path.realpath(victim["path"]) and (self.mode != "delete-latest" or not os.path.exists(real)):
-                return False, f"source {source} is the wiped checkpoint itself"
+                return FAILED, f"source {source} is the wiped checkpoint itself"
             if real.startswith(os.path.realpath(posixpath.join(store.root, QUARANTINE_DIR))):
-                return False, f"source {source} is mlchaos's own quarantine, not a copy the trainer keeps"
+                return FAILED, f"source {source} is mlchaos's own quarantine, not a copy the trainer keeps"
         try:
             import fsspec
 
             fs, path = fsspec.core.url_to_fs(source)
             digest = CheckpointStore.digest_with(fs, path)
         except Exception as exc:
-            return False, f"source {source} could not be read to check it: {exc}"
+            # After a delete a copy was loaded from somewhere (a download since cleaned up, a tier this
+            # machine cannot read): unchecked, not disproved. Otherwise the damaged copy was at hand.
+            status = INCONCLUSIVE if self.mode == "delete-latest" else FAILED
+            return status, f"source {source} could not be read to check it: {exc}"
         if digest != victim["digest"]:
-            return False, f"source {source} does not hold the bytes the checkpoint had before the fault"
-        if report.digest and report.digest not in (digest, digest.removeprefix("blake3:")):
-            return False, f"the reported digest {report.digest} is not the digest of {source}"
-        return True, f"source {source} matches the pre-fault digest {digest}"
+            return FAILED, f"source {source} does not hold the bytes the checkpoint had before the fault"
+        if report.digest and not digest_names(report.digest, digest, fs, path):
+            return FAILED, f"the reported digest {report.digest} is not the digest of {source}"
+        return PASSED, f"source {source} matches the pre-fault digest {digest}"
 
     @classmethod
     def restore_action(cls, action: Action, ctx: PhaseContext) -> dict[str, Any]:

@@ -122,6 +122,20 @@ def assess(fs: Any, path: str, siblings: list[str], check: Any = None) -> Eviden
     return Evidence("unverified", findings, verified)
 
 
+def digest_names(reported: str, checkpoint_digest: str, fs: Any, path: str) -> bool:
+    """Does a digest a trainer reported name the checkpoint at ``path``? mlchaos's own checkpoint digest
+    (``blake3:<hex>``, or the bare hex), or ``<algorithm>:<hex>`` / a bare sha256 or md5 of the file,
+    or of one file of a folder (the weights the trainer checked)."""
+    if reported.strip().lower() in (checkpoint_digest, checkpoint_digest.removeprefix("blake3:")):
+        return True
+    parsed = _normalise(reported)
+    if parsed is None:
+        return False
+    algorithm, want = parsed
+    files = _listing(fs, path)
+    return any(_hash(fs, _full(path, rel), algorithm, None) == want for rel in files)
+
+
 # -- declared digests -------------------------------------------------------------------------------
 def _normalise(value: Any) -> tuple[str, str] | None:
     """'sha256:<hex>' or a bare hex digest -> (algorithm, hex); None when it is not one."""

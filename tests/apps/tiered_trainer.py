@@ -8,7 +8,7 @@ digests in an index at each tier's root (``index.json``: checkpoint name -> sha2
 inside the checkpoints, so mlchaos cannot see them.
 
 Resume (healthy): the newest checkpoint, local tier first, then the replica, whose weights match the
-index and load. ``--report-source`` adds where it loaded from to the report.
+index and load. ``--report-source`` adds where it loaded from, and its weights' sha256, to the report.
 Broken variants: ``--trust-newest`` loads the newest local checkpoint without checking anything;
 ``--pass-over-newest`` skips the newest intact checkpoint (an off-by-one in "the last complete save").
 ``--check CHECKPOINT`` exits 0 when that checkpoint matches its tier's index (an integrity command).
@@ -130,7 +130,7 @@ def main() -> int:
         picked = _pick(tiers, args.trust_newest, args.pass_over_newest)
         report: dict[str, object] = {"mlchaos_resumed_from_step": picked[0] if picked else 0}
         if picked and args.report_source:
-            report["source"] = str(picked[1])
+            report.update(source=str(picked[1]), digest="sha256:" + _sha256(picked[1] / "model.safetensors"))
         print(json.dumps(report), flush=True)  # announced before loading, as launchers do
         if picked:
             start = picked[0]
