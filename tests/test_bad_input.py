@@ -32,8 +32,11 @@ def _assert_refused(stage_file: Path, field: str, *extra: str) -> str:
         (lambda s: s.update(mode="shred"), "spec.mode"),
         (lambda s: s.update(pattern="step-\\d+"), "spec.pattern"),
         (lambda s: s.update(colour="red"), "spec.colour"),
+        (lambda s: s["resume"].update(timeout_s=float("inf")), "spec.resume.timeout_s: must be a finite number"),
+        (lambda s: s["resume"].update(timeout_s=float("nan")), "spec.resume.timeout_s: must be a finite number"),
     ],
-    ids=["root-store", "dotdot", "shell-string", "count-too-big", "unknown-mode", "no-step-group", "unknown-field"],
+    ids=["root-store", "dotdot", "shell-string", "count-too-big", "unknown-mode", "no-step-group", "unknown-field",
+         "infinite-timeout", "nan-timeout"],
 )
 def test_bad_checkpoint_wipe_specs(store: Path, tmp_path: Path, change: Any, field: str) -> None:
     doc = wipe_doc(store)
@@ -100,12 +103,27 @@ def test_selector_matching_nothing(tmp_path: Path) -> None:
         ("kind: CheckpointWipe\nspec: [1]\n", "spec"),
         ("kind: [unclosed\n", "not valid YAML"),
         ("", "holds no stage"),
+        ("1: x\nkind: CheckpointWipe\nspec: {}\n", "1: unknown top-level field (int key"),  # keys of mixed types
+        ("true: x\nkind: CheckpointWipe\nspec: {}\n", "True: unknown top-level field (bool key"),
+        ("kind: CheckpointWipe\nspec: {1: x, store: /data/c}\n", "spec.1: is not a field name"),
     ],
 )
 def test_malformed_stage_files(tmp_path: Path, text: str, field: str) -> None:
     path = tmp_path / "bad.yaml"
     path.write_text(text)
     _assert_refused(path, field)
+
+
+@pytest.mark.parametrize(("change", "field"), [
+    (lambda r: r.update(command=["/nonexistent/python", "train.py"]), "spec.resume.command"),
+    (lambda r: r.update(cwd="/nonexistent/project"), "spec.resume.cwd"),
+], ids=["program", "cwd"])
+def test_dry_run_refuses_a_resume_command_that_cannot_run(store: Path, tmp_path: Path, change: Any,
+                                                          field: str) -> None:
+    """--dry-run answers what the run would: a program or folder missing here is refused with exit 2."""
+    doc = wipe_doc(store)
+    change(doc["spec"]["resume"])
+    _assert_refused(write_stage(tmp_path / "w.yaml", doc), field, "--dry-run")
 
 
 def test_single_phase_needs_a_run_key(store: Path, tmp_path: Path) -> None:

@@ -18,15 +18,16 @@ if TYPE_CHECKING:
 
 
 class StrictModel(BaseModel):
-    """A part of a spec: unknown fields are errors, values are immutable."""
+    """A part of a spec: unknown fields are errors, values are immutable, numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StageSpec(BaseModel):
-    """Base class of stage specs. Subclasses set ``kind``, ``stage_id`` and ``title``."""
+    """Base class of stage specs. Subclasses set ``kind``, ``stage_id`` and ``title``. Numbers are finite:
+    ``timeout_s: .inf`` is refused like any other bad value."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
     kind: ClassVar[str]
     stage_id: ClassVar[str]

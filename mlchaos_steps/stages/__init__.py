@@ -45,13 +45,19 @@ def stage_class(kind: str) -> type[StageSpec]:
 
 
 def _format_validation_error(exc: ValidationError, source: str) -> SpecError:
-    first = exc.errors()[0]
+    # A misspelt or non-string key explains the "missing" field beside it: name it first.
+    errors = sorted(exc.errors(), key=lambda e: e["type"] not in ("invalid_key", "extra_forbidden"))
+    first = errors[0]
     loc = ".".join(str(p) for p in ("spec", *first["loc"]))
     message = first["msg"].removeprefix("Value error, ")
     if first["type"] == "extra_forbidden":
         message = "unknown field: remove it or check its spelling (`mlchaos schema` lists the fields)"
     elif first["type"] == "missing":
         message = "is required: add it (`mlchaos schema` lists the fields)"
+    elif first["type"] == "finite_number":
+        message = "must be a finite number (not .inf or .nan): give a plain number"
+    elif first["type"] == "invalid_key":
+        message = "is not a field name (field names are strings): quote it or fix its spelling"
     more = f" (and {len(exc.errors()) - 1} more problem(s))" if len(exc.errors()) > 1 else ""
     where = f"{source}: " if source else ""
     return SpecError(f"{where}{loc}", f"{message}{more}")
@@ -69,8 +75,10 @@ def parse_stage(document: Any, source: str = "") -> StageSpec:
             "write `kind: CheckpointWipe` and `spec: {...}`",
         )
     extra = set(document) - {"kind", "spec", "apiVersion"}
-    if extra:
-        raise SpecError(f"{where}{sorted(extra)[0]}", "unknown top-level field: a stage has only 'kind' and 'spec'")
+    if extra:  # keys of any type (YAML reads `1:` and `true:` as numbers and booleans)
+        first = sorted(extra, key=lambda k: (not isinstance(k, str), str(k)))[0]
+        what = "" if isinstance(first, str) else f" ({type(first).__name__} key {first!r}: field names are strings)"
+        raise SpecError(f"{where}{first}", f"unknown top-level field{what}: a stage has only 'kind' and 'spec'")
     if "apiVersion" in document and document["apiVersion"] not in API_VERSIONS:
         raise SpecError(f"{where}apiVersion", f"{document['apiVersion']!r} is not a version of the stage format: "
                                               f"write {API_VERSIONS[0]!r} or leave it out")

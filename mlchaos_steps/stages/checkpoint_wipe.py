@@ -153,7 +153,15 @@ class CheckpointWipe(StageSpec):
                                           f"{self.store}: lower it")
         return store, found, found[-self.count:]
 
+    def _check_commands(self) -> None:
+        """The resume (and integrity) command can run on this machine: refused (exit 2) before anything
+        breaks, and reported by ``--dry-run`` as the run would report it."""
+        self.resume.check_runnable()
+        if self.integrity is not None:
+            check_runnable(self.integrity.command, self.resume.cwd, self.resume.env, "spec.integrity")
+
     def plan(self, ctx: PhaseContext) -> dict[str, Any]:
+        self._check_commands()
         _, found, victims = self._resolve()
         return {
             "would_wipe": [v.name for v in victims], "mode": self.mode,
@@ -161,9 +169,7 @@ class CheckpointWipe(StageSpec):
         }
 
     def snapshot(self, ctx: PhaseContext) -> dict[str, Any]:
-        self.resume.check_runnable()
-        if self.integrity is not None:
-            check_runnable(self.integrity.command, self.resume.cwd, self.resume.env, "spec.integrity")
+        self._check_commands()
         store, found, victims = self._resolve()
         survivors = found[: len(found) - len(victims)]
         # What each victim is on disk, before its digest: a change after this point is caught by inject.
