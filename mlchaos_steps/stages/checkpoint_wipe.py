@@ -35,7 +35,7 @@ from mlchaos_steps.core.processes import CommandResult, run_command, same_proces
 from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.core.verdict import Verdict, VerdictStatus
-from mlchaos_steps.errors import InfrastructureError, RestoreError, SafetyError, SpecError
+from mlchaos_steps.errors import InfrastructureError, SafetyError, SpecError
 from mlchaos_steps.stages.parts import (
     RESUME_KEY,
     ResumeReport,
@@ -45,6 +45,7 @@ from mlchaos_steps.stages.parts import (
     step_pattern,
     store_url,
 )
+from mlchaos_steps.targets import quarantine
 from mlchaos_steps.targets.checkpoint_evidence import assess, digest_names
 from mlchaos_steps.targets.checkpoints import QUARANTINE_DIR, CheckpointStore, siblings
 
@@ -245,21 +246,13 @@ class CheckpointWipe(StageSpec):
         run_dir = run_dir_name(ctx.run_key)
         wiped = []
         started = time.perf_counter()
+
+        def write_damage(source: str, staging: str) -> dict[str, Any]:
+            return store.write_damaged(source, staging, damage, check=check_kill_switch)
+
         for victim in ctx.state["victims"]:
-            quarantine = store.quarantine_path(run_dir, victim["name"])
-            undo = {"store": self.store, "original": victim["path"], "quarantine": quarantine,
-                    "digest": victim["digest"], "mode": damage}
-            # Time of check to time of use: the checkpoint must still be what snapshot recorded and digested.
-            store.check_unchanged(victim["path"], victim["on_disk"], victim["name"])
-            store.make_quarantine(run_dir)
-            with ctx.destructive("quarantine-checkpoint", victim["path"], undo) as action:
-                if store.exists(quarantine):
-                    raise RestoreError(f"{quarantine} already exists: restore run {ctx.run_key!r} first")
-                store.move(victim["path"], quarantine, expected_digest=victim["digest"])
-                if store.local:  # a rename keeps the inode: what moved must be what was checked
-                    store.check_unchanged(quarantine, victim["on_disk"], victim["name"])
-                if damage != "delete":
-                    self._place_damage(ctx, store, action, undo, quarantine, victim["path"], damage)
+            quarantine.replace(ctx, store, "quarantine-checkpoint", victim, run_dir, {"mode": damage},
+                               write_damage if damage != "delete" else None)
             wiped.append(victim["name"])
         # The store as the fault left it: a step the trainer claims must have been here (or at snapshot).
         held = {c["step"] for c in ctx.state["checkpoints"]}
@@ -269,17 +262,6 @@ class CheckpointWipe(StageSpec):
             pass
         ctx.save(steps_at_fault=sorted(held))
         return {"wiped": wiped, "mode": self.mode, "inject_seconds": round(time.perf_counter() - started, 6)}
-
-    @staticmethod
-    def _place_damage(ctx: PhaseContext, store: CheckpointStore, action: Action, undo: dict[str, Any],
-                      quarantine: str, original: str, damage: str) -> None:
-        # Damage is written beside the quarantine, its digest recorded, then put in place, so restore
-        # can always tell our damaged copy from anything else.
-        staging = quarantine + ".damaged"
-        detail = store.write_damaged(quarantine, staging, damage, check=check_kill_switch)
-        action.undo = {**undo, **detail, "damaged_digest": store.digest(staging), "placing": True}
-        ctx.ledger.mark_action(action, action.state, undo=action.undo)
-        store.move(staging, original)
 
     def verify(self, ctx: PhaseContext) -> Verdict:
         state = ctx.state
@@ -449,48 +431,16 @@ class CheckpointWipe(StageSpec):
         if resume and same_process(resume[0], resume[1]):
             stop_process_group(resume[0])
         store = CheckpointStore(undo["store"])
-        original, quarantine, digest = undo["original"], undo["quarantine"], undo["digest"]
-        staging = quarantine + ".damaged"
-        result: dict[str, Any] = {"original": original}
-        if store.exists(staging):
-            if undo.get("placing") and store.exists(original) and not store.local:
-                store.remove(original)  # a copy of our staging cut short by a crash
-            store.remove(staging)  # our damaged copy, never (fully) put in place
-            result["removed_own_damage"] = True
-        if store.exists(original):
-            current = store.digest(original)
-            if current == digest:
-                if store.exists(quarantine):
-                    store.remove(quarantine)  # verified duplicate of what is back in place
-                _remove_empty_quarantine(store, quarantine)
-                return {**result, "note": "already in place, digest verified"}
-            if cls._is_own_damage(store, undo, quarantine, current):
-                store.remove(original)  # the damaged copy this stage wrote
-                result["removed_own_damage"] = True
-            else:
-                displaced = f"{quarantine}.displaced-{int(time.time())}"
-                store.move(original, displaced, expected_digest=current)
-                result["kept_foreign"] = displaced  # something else took the name: kept, not deleted
-        if not store.exists(quarantine):
-            raise RestoreError(f"{original} is missing and its quarantined copy {quarantine} is gone")
-        if store.digest(quarantine) != digest:
-            raise RestoreError(f"the quarantined copy {quarantine} does not match its recorded digest: "
-                               "kept in quarantine; inspect it before restoring by hand")
-        # Local: a rename, so the verified bytes are what lands. Elsewhere: move() checks the copy's digest
-        # before it deletes the quarantined one.
-        store.move(quarantine, original, expected_digest=digest)
-        _remove_empty_quarantine(store, quarantine)
-        return {**result, "digest_verified": True}
+        return quarantine.put_back(store, undo, lambda current: cls._is_own_damage(store, undo, current))
 
     @staticmethod
-    def _is_own_damage(store: CheckpointStore, undo: dict[str, Any], quarantine: str, current: str) -> bool:
-        if current == undo.get("damaged_digest"):
-            return True
-        if undo.get("mode") in ("truncate", "corrupt") and store.exists(quarantine) \
-                and store.digest(quarantine) == undo["digest"]:
+    def _is_own_damage(store: CheckpointStore, undo: dict[str, Any], current: str) -> bool:
+        backup = undo["quarantine"]
+        if undo.get("mode") in ("truncate", "corrupt") and store.exists(backup) \
+                and store.digest(backup) == undo["digest"]:
             # A crash kept the damaged copy's digest out of the ledger: damage is deterministic, so
             # write it again aside and compare.
-            return store.damaged_digest(quarantine, undo["mode"]) == current
+            return store.damaged_digest(backup, undo["mode"]) == current
         return False
 
 
@@ -501,13 +451,3 @@ def _identity(pid: int) -> list[Any]:
         return [pid, psutil.Process(pid).create_time()]
     except psutil.Error:
         return [pid, None]
-
-
-def _remove_empty_quarantine(store: CheckpointStore, quarantine: str) -> None:
-    run_folder = posixpath.dirname(quarantine)
-    for folder in (run_folder, posixpath.dirname(run_folder)):
-        try:
-            if store.fs.isdir(folder) and not store.fs.ls(folder):
-                store.fs.rmdir(folder)
-        except OSError:
-            return

@@ -1,0 +1,105 @@
+"""Replacing a file or folder of a store with a damaged copy, and putting the original back: what every
+stage that breaks files needs (checkpoints, data batches).
+
+The original is moved into the store's quarantine through the ledger (write-ahead, digest-checked on
+stores without rename); a damaged copy is written beside the quarantine, its digest recorded, and only
+then put in place, so restore can always tell the stage's own damage from what someone else wrote.
+
+Example::
+
+    with replaced(ctx, store, "quarantine-batch", victim, run_dir, write_damage=corrupt) as action:
+        ...
+    # restore, from the ledger alone:
+    put_back(store, action.undo, is_own_damage=lambda digest: digest == action.undo.get("damaged_digest"))
+"""
+
+from __future__ import annotations
+
+import posixpath
+import time
+from collections.abc import Callable
+from typing import Any
+
+from mlchaos_steps.core.context import PhaseContext, check_kill_switch
+from mlchaos_steps.core.records import Action
+from mlchaos_steps.errors import RestoreError
+from mlchaos_steps.targets.checkpoints import CheckpointStore
+
+# (source in quarantine, staging path) -> extra undo fields; writes the damaged copy at staging.
+DamageWriter = Callable[[str, str], dict[str, Any]]
+
+
+def replace(ctx: PhaseContext, store: CheckpointStore, kind: str, victim: dict[str, Any], run_dir: str,
+            undo: dict[str, Any], write_damage: DamageWriter | None = None) -> Action:
+    """Move ``victim`` (``path``, ``name``, ``digest``, ``on_disk`` as snapshot recorded them) into
+    quarantine through the ledger, then put the damaged copy ``write_damage`` writes in its place (or
+    nothing: a delete). ``undo`` holds what restore needs beyond the paths and digest."""
+    quarantine = store.quarantine_path(run_dir, victim["name"])
+    undo = {**undo, "store": store.url, "original": victim["path"], "quarantine": quarantine,
+            "digest": victim["digest"]}
+    # Time of check to time of use: the victim must still be what snapshot recorded and digested.
+    store.check_unchanged(victim["path"], victim["on_disk"], victim["name"])
+    store.make_quarantine(run_dir)
+    with ctx.destructive(kind, victim["path"], undo) as action:
+        if store.exists(quarantine):
+            raise RestoreError(f"{quarantine} already exists: restore run {ctx.run_key!r} first")
+        store.move(victim["path"], quarantine, expected_digest=victim["digest"])
+        if store.local:  # a rename keeps the inode: what moved must be what was checked
+            store.check_unchanged(quarantine, victim["on_disk"], victim["name"])
+        if write_damage is not None:
+            staging = quarantine + ".damaged"
+            detail = write_damage(quarantine, staging)
+            action.undo = {**undo, **detail, "damaged_digest": store.digest(staging, check_kill_switch),
+                           "placing": True}
+            ctx.ledger.mark_action(action, action.state, undo=action.undo)
+            store.move(staging, victim["path"])
+    return action
+
+
+def put_back(store: CheckpointStore, undo: dict[str, Any], is_own_damage: Callable[[str], bool]) -> dict[str, Any]:
+    """Restore one replaced file or folder from the ledger's ``undo``; idempotent, and safe after a crash
+    of any phase. ``is_own_damage(digest)``: whether what is at the original path now is the stage's own
+    damaged copy (removed); anything else there is foreign and kept in quarantine as evidence."""
+    original, quarantine, digest = undo["original"], undo["quarantine"], undo["digest"]
+    staging = quarantine + ".damaged"
+    result: dict[str, Any] = {"original": original}
+    if store.exists(staging):
+        if undo.get("placing") and store.exists(original) and not store.local:
+            store.remove(original)  # a copy of our staging cut short by a crash
+        store.remove(staging)  # our damaged copy, never (fully) put in place
+        result["removed_own_damage"] = True
+    if store.exists(original):
+        current = store.digest(original)
+        if current == digest:
+            if store.exists(quarantine):
+                store.remove(quarantine)  # verified duplicate of what is back in place
+            remove_empty_quarantine(store, quarantine)
+            return {**result, "note": "already in place, digest verified"}
+        if current == undo.get("damaged_digest") or is_own_damage(current):
+            store.remove(original)  # the damaged copy this stage wrote
+            result["removed_own_damage"] = True
+        else:
+            displaced = f"{quarantine}.displaced-{int(time.time())}"
+            store.move(original, displaced, expected_digest=current)
+            result["kept_foreign"] = displaced  # something else took the name: kept, not deleted
+    if not store.exists(quarantine):
+        raise RestoreError(f"{original} is missing and its quarantined copy {quarantine} is gone")
+    if store.digest(quarantine) != digest:
+        raise RestoreError(f"the quarantined copy {quarantine} does not match its recorded digest: "
+                           "kept in quarantine; inspect it before restoring by hand")
+    # Local: a rename, so the verified bytes are what lands. Elsewhere: move() checks the copy's digest
+    # before it deletes the quarantined one.
+    store.move(quarantine, original, expected_digest=digest)
+    remove_empty_quarantine(store, quarantine)
+    return {**result, "digest_verified": True}
+
+
+def remove_empty_quarantine(store: CheckpointStore, quarantine: str) -> None:
+    """Remove the run's quarantine folder, and the quarantine itself, once they hold nothing."""
+    run_folder = posixpath.dirname(quarantine)
+    for folder in (run_folder, posixpath.dirname(run_folder)):
+        try:
+            if store.fs.isdir(folder) and not store.fs.ls(folder):
+                store.fs.rmdir(folder)
+        except OSError:
+            return
