@@ -40,6 +40,9 @@ class ModelRef:
 MODEL_VERSION = "model_version"      # the version a stage resolved and works on (registry, canary)
 VERDICT_TARGET = "verdict_target"    # the version the verdict is written onto
 EVIDENCE_RUN_ID = "mlflow_run_id"    # the MLflow run that holds the evidence of the verdict
+# Ledger actions a snapshot took before anything broke (a backup of a store the system under test will
+# write into): they are restored like the fault's, but they are not the fault.
+SNAPSHOT_ACTIONS = "snapshot_actions"
 
 
 class ExecutionStatus(StrEnum):

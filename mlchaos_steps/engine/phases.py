@@ -27,7 +27,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch
-from mlchaos_steps.core.records import ActionState, Execution, ExecutionStatus, Ledger, ModelRef, owner_alive
+from mlchaos_steps.core.records import (
+    SNAPSHOT_ACTIONS,
+    ActionState,
+    Execution,
+    ExecutionStatus,
+    Ledger,
+    ModelRef,
+    owner_alive,
+)
 from mlchaos_steps.core.spec import StageSpec
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.engine.journal import write_journal
@@ -89,9 +97,11 @@ class _PhaseRecord:
     """What every phase does around its own work, written once: timing, the phase's entry in the ledger
     (output redacted, error described) and the journal."""
 
-    def __init__(self, ledger: Ledger, run_key: str, phase: str) -> None:
+    def __init__(self, ledger: Ledger, run_key: str, phase: str,
+                 status_on_error: ExecutionStatus | None = None) -> None:
         self.ledger, self.run_key, self.phase = ledger, run_key, phase
         self.started = time.time()
+        self.status_on_error = status_on_error
 
     def write(self, phase_status: str, output: dict[str, Any] | None = None, error: str | None = None,
               **update: Any) -> tuple[Execution, Path]:
@@ -107,12 +117,12 @@ class _PhaseRecord:
 def _recording(ledger: Ledger, run_key: str, phase: str, *,
                status_on_error: ExecutionStatus | None = None) -> Iterator[_PhaseRecord]:
     """Time a phase; when its work raises, record the failure (and ``status_on_error``) and re-raise."""
-    record = _PhaseRecord(ledger, run_key, phase)
+    record = _PhaseRecord(ledger, run_key, phase, status_on_error)
     try:
         yield record
     except BaseException as exc:
         if ledger.get(run_key) is not None:  # bad input in snapshot leaves no trace to record onto
-            record.write("failed", error=_describe(exc), status=status_on_error)
+            record.write("failed", error=_describe(exc), status=record.status_on_error)
         raise
 
 
@@ -200,7 +210,8 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef |
     check_kill_switch()
     ledger.create(run_key, stage.kind, stage.stage_id, _ledger_spec(stage))
     ledger.claim(run_key)
-    # A failed snapshot changed nothing in the world: the execution is closed (restored) at once.
+    # A failed snapshot broke nothing: the execution is closed (restored) at once, once what it took
+    # (backups of stores the system writes into) is put back.
     with _recording(ledger, run_key, "snapshot", status_on_error=ExecutionStatus.RESTORED) as record:
         try:
             output = _take_snapshot(stage, PhaseContext(run_key, ledger, ledger.get(run_key)), target, observer)
@@ -209,9 +220,24 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef |
             _release_targets(type(stage), PhaseContext(run_key, ledger, ledger.get(run_key)))
             if isinstance(exc, SpecError) and existing is None and not ledger.actions(run_key):
                 ledger.discard(run_key)  # bad input is refused without a trace in the ledger
+            elif ledger.actions(run_key):
+                record.status_on_error = _undo_snapshot(type(stage), run_key, ledger)
             raise
+        ledger.update(run_key, state={SNAPSHOT_ACTIONS: [a.id for a in ledger.actions(run_key)]})
         _, journal = record.write("ok", output, status=ExecutionStatus.SNAPSHOTTED)
     return PhaseResult("snapshot", run_key, "ok", output, journal=journal)
+
+
+def _undo_snapshot(cls: type[StageSpec], run_key: str, ledger: Ledger) -> ExecutionStatus:
+    """Undo the actions a failed snapshot took; RESTORE_FAILED (restore retries them) if one fails."""
+    _, errors = _undo_actions(cls, PhaseContext(run_key, ledger, ledger.get(run_key)))
+    return ExecutionStatus.RESTORE_FAILED if errors else ExecutionStatus.RESTORED
+
+
+def _injected(execution: Execution, ledger: Ledger) -> bool:
+    """Did inject start: a phase record, or a ledger action beyond those snapshot took."""
+    taken = set(execution.state.get(SNAPSHOT_ACTIONS) or [])
+    return _phase_ok(execution, "inject") or any(a.id not in taken for a in ledger.actions(execution.run_key))
 
 
 def _release_targets(cls: type[StageSpec], ctx: PhaseContext) -> None:
@@ -245,7 +271,7 @@ def _inject(stage: StageSpec, run_key: str, ledger: Ledger) -> PhaseResult:
     _same_spec(execution, stage)
     if execution.status in FINISHED:
         raise SpecError("--run-key", f"run key {run_key!r} was already restored: use a new run key")
-    if ledger.actions(run_key) or _phase_ok(execution, "inject"):
+    if _injected(execution, ledger):
         return PhaseResult("inject", run_key, "skipped",
                            {"note": "already injected under this run key: retries never inject twice"})
     check_kill_switch()

@@ -27,6 +27,7 @@ STAGE_KINDS: dict[str, str] = {
     "PodDelete": "mlchaos_steps.stages.pod_delete:PodDelete",
     "RegistryArtifactRemoval": "mlchaos_steps.stages.registry_artifact_removal:RegistryArtifactRemoval",
     "CanaryFailure": "mlchaos_steps.stages.canary_failure:CanaryFailure",
+    "DataCorruption": "mlchaos_steps.stages.data_corruption:DataCorruption",
 }
 
 API_VERSIONS = ("mlchaos.io/v1alpha1",)

@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import os
 import posixpath
-import shutil
 import time
 from typing import Any, ClassVar, Literal
 
@@ -39,7 +38,10 @@ from mlchaos_steps.errors import InfrastructureError, SafetyError, SpecError
 from mlchaos_steps.stages.parts import (
     RESUME_KEY,
     ResumeReport,
+    argument_list,
+    check_runnable,
     claim_problem,
+    environment,
     lost_steps_problem,
     parse_resume_reports,
     step_pattern,
@@ -56,27 +58,6 @@ INCONCLUSIVE: VerdictStatus = "inconclusive"
 CHECKPOINT_PLACEHOLDER = "{checkpoint}"
 
 
-def _argument_list(value: Any) -> Any:
-    if isinstance(value, str):
-        raise ValueError(
-            "must be an argument list such as [python, train.py, --resume], not a shell string: "
-            "split it into its arguments"
-        )
-    if isinstance(value, list) and any(isinstance(a, str) and "\0" in a for a in value):
-        raise ValueError("an argument holds a NUL byte, which no program can receive: remove it")
-    return value
-
-
-def _environment(value: Any) -> Any:
-    if isinstance(value, dict):
-        for name, item in value.items():
-            if not isinstance(name, str) or not name or "=" in name or "\0" in name:
-                raise ValueError(f"{name!r} is not an environment variable name (no '=', no NUL, not empty)")
-            if isinstance(item, str) and "\0" in item:
-                raise ValueError(f"the value of {name} holds a NUL byte: remove it")
-    return value
-
-
 class ResumeSpec(StrictModel):
     """How to resume training, and how much lost work is acceptable."""
 
@@ -86,24 +67,12 @@ class ResumeSpec(StrictModel):
     cwd: str | None = None
     env: dict[str, str] = Field(default_factory=dict, description="extra environment for the command")
 
-    _command = field_validator("command", mode="before")(_argument_list)
-    _env = field_validator("env", mode="before")(_environment)
+    _command = field_validator("command", mode="before")(argument_list)
+    _env = field_validator("env", mode="before")(environment)
 
     def check_runnable(self) -> None:
         """Before anything breaks: the working folder exists and the program can be found."""
         check_runnable(self.command, self.cwd, self.env, "spec.resume")
-
-
-def check_runnable(command: list[str], cwd: str | None, env: dict[str, str], field: str) -> None:
-    """Refuse (exit 2) a command whose working folder or program does not exist on this machine."""
-    if cwd is not None and not os.path.isdir(cwd):
-        raise SpecError(f"{field}.cwd", f"{cwd!r} is not a folder on this machine: fix it or leave it out")
-    program = command[0]
-    found = (os.access(os.path.join(cwd or os.getcwd(), program), os.X_OK) if os.sep in program
-             else shutil.which(program, path=env.get("PATH", os.environ.get("PATH", ""))) is not None)
-    if not found:
-        raise SpecError(f"{field}.command", f"{program!r} is not an executable program here: give its path or "
-                                            "install it")
 
 
 class IntegrityCheck(StrictModel):
@@ -115,7 +84,7 @@ class IntegrityCheck(StrictModel):
     command: list[str] = Field(min_length=1, description="argument list; {checkpoint} is the checkpoint's path")
     timeout_s: float = Field(default=120, gt=0)
 
-    _command = field_validator("command", mode="before")(_argument_list)
+    _command = field_validator("command", mode="before")(argument_list)
 
 
 class CheckpointWipe(StageSpec):

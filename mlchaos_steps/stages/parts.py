@@ -10,12 +10,16 @@ Example::
 from __future__ import annotations
 
 import json
+import os
 import re
+import shutil
 from dataclasses import dataclass
+from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
 from mlchaos_steps.core.spec import StrictModel
+from mlchaos_steps.errors import SpecError
 
 # Variables every process on a machine has: a selector on them matches unrelated processes.
 GENERIC_ENV = re.compile(r"^(PATH|HOME|USER|LOGNAME|SHELL|LANG|LANGUAGE|LC_\w+|PWD|OLDPWD|TERM|HOSTNAME|SHLVL|_|"
@@ -152,9 +156,43 @@ def lost_steps_problem(step: int, newest_step: int, max_lost_steps: int) -> str 
     return None
 
 
+def argument_list(value: Any) -> Any:
+    """Field validator: a command is an argument list, never a shell string."""
+    if isinstance(value, str):
+        raise ValueError(
+            "must be an argument list such as [python, train.py, --resume], not a shell string: "
+            "split it into its arguments"
+        )
+    if isinstance(value, list) and any(isinstance(a, str) and "\0" in a for a in value):
+        raise ValueError("an argument holds a NUL byte, which no program can receive: remove it")
+    return value
+
+
+def environment(value: Any) -> Any:
+    """Field validator: environment variable names and values a process can receive."""
+    if isinstance(value, dict):
+        for name, item in value.items():
+            if not isinstance(name, str) or not name or "=" in name or "\0" in name:
+                raise ValueError(f"{name!r} is not an environment variable name (no '=', no NUL, not empty)")
+            if isinstance(item, str) and "\0" in item:
+                raise ValueError(f"the value of {name} holds a NUL byte: remove it")
+    return value
+
+
+def check_runnable(command: list[str], cwd: str | None, env: dict[str, str], field: str) -> None:
+    """Refuse (exit 2) a command whose working folder or program does not exist on this machine."""
+    if cwd is not None and not os.path.isdir(cwd):
+        raise SpecError(f"{field}.cwd", f"{cwd!r} is not a folder on this machine: fix it or leave it out")
+    program = command[0]
+    found = (os.access(os.path.join(cwd or os.getcwd(), program), os.X_OK) if os.sep in program
+             else shutil.which(program, path=env.get("PATH", os.environ.get("PATH", ""))) is not None)
+    if not found:
+        raise SpecError(f"{field}.command", f"{program!r} is not an executable program here: give its path or "
+                                            "install it")
+
+
 def store_url(value: str) -> str:
     """Field validator: an fsspec URL that is safe to break things under (see ``check_store_url``)."""
-    from mlchaos_steps.errors import SpecError
     from mlchaos_steps.targets.checkpoints import check_store_url
 
     try:

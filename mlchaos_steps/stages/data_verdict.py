@@ -1,0 +1,126 @@
+"""data-corruption's verdict: did the validator refuse the corrupted batch for the corruption, and did none
+of the corrupted rows reach what the downstream step wrote?
+
+A corrupted row is accounted for when the validator's report names its position (for a duplicate, its
+copy or the original); a column turned to text, dropped or renamed, when the report names the column; a
+batch cut short, by the refusal itself (rows past the cut cannot be named).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from mlchaos_steps.core.context import PhaseContext, run_dir_name
+from mlchaos_steps.core.verdict import Verdict
+from mlchaos_steps.stages.validation_reports import ValidationOutcome
+from mlchaos_steps.targets import tables
+from mlchaos_steps.targets.checkpoints import CheckpointStore
+
+OUTPUT_TAIL_CHARS = 2000
+SHOWN = 8
+
+
+def unaccounted(state: dict[str, Any], outcome: ValidationOutcome) -> list[str]:
+    """What the validator's report leaves unexplained, one phrase per kind of fault."""
+    if state.get("truncated"):
+        return []
+    schema = state.get("schema_faults") or {}
+    missing: list[str] = []
+    for column in schema.get("drop", []):
+        if column not in outcome.columns:
+            missing.append(f"column {column} (dropped)")
+    for old, new in (schema.get("rename") or {}).items():
+        if old not in outcome.columns and new not in outcome.columns:
+            missing.append(f"column {old} (renamed {new})")
+    column_level = {c for c in schema.get("type_changes", []) if c in outcome.columns}
+    corrupted = state.get("corrupted") or {}
+    rows: dict[str, list[int]] = {}
+    for position, faults in zip(corrupted.get("positions", []), corrupted.get("faults", []), strict=True):
+        kinds = [f for f in faults.split(",") if not (f.startswith("type_change:") and f.split(":")[1] in column_level)]
+        if not kinds or position in outcome.rows or ("duplicates" in kinds and position - 1 in outcome.rows):
+            continue
+        for kind in kinds:
+            rows.setdefault(kind, []).append(position)
+    for kind, positions in sorted(rows.items()):
+        shown = ", ".join(map(str, positions[:SHOWN])) + (", ..." if len(positions) > SHOWN else "")
+        missing.append(f"{len(positions)} row(s) with {kind.replace(':', ' in ')} ({shown})")
+    return missing
+
+
+def leaked(state: dict[str, Any], written: Any) -> tuple[int, list[int]]:
+    """How many corrupted rows are in what the downstream step wrote, and which (their batch positions)."""
+    import pandas as pd
+
+    corrupted = state.get("corrupted") or {}
+    if written is None or not corrupted.get("positions"):
+        return 0, []
+    columns = [c for c in state.get("fingerprint_columns") or []
+               if c in corrupted.get("columns", []) and c in written.schema.names]
+    if not columns:
+        return 0, []
+    rows = pd.DataFrame(corrupted["values"], columns=corrupted["columns"])[columns]
+    rows = rows.where(rows != tables.NULL_TOKEN, None)
+    down = pd.Series(tables.fingerprints(written, columns)).value_counts()
+    clean = _clean_counts(state, columns)
+    found = []
+    for position, faults, mark in zip(corrupted["positions"], corrupted["faults"], tables.fingerprints(rows, columns),
+                                      strict=True):
+        allowed = clean.get(mark, 0) if faults == "duplicates" else 0
+        if int(down.get(mark, 0)) > allowed:
+            found.append(position)
+    return len(found), found
+
+
+def _clean_counts(state: dict[str, Any], columns: list[str]) -> dict[str, int]:
+    """How often each row is in the clean batch (now in quarantine): a duplicate leaks only past that."""
+    import pandas as pd
+
+    batch = state["batch"]
+    store = CheckpointStore(batch["store"])
+    backup = store.quarantine_path(run_dir_name(state["run_key"]), batch["name"])
+    if not store.exists(backup):
+        return {}
+    clean = tables.read_table(store.fs, backup)
+    return dict(pd.Series(tables.fingerprints(clean, columns)).value_counts())
+
+
+def judge(stage: Any, ctx: PhaseContext) -> Verdict:
+    """Run the validator (and the downstream step) on the corrupted batch and judge what they did.
+    ``stage``: the DataCorruption spec (its module imports this one, not the other way round)."""
+    state = {**ctx.state, "run_key": ctx.run_key}
+    path = state["batch"]["path"]
+    result, outcome = stage._validate(path)
+    corrupted = len((state.get("corrupted") or {}).get("positions", []))
+    evidence: dict[str, Any] = {"validator": outcome.summary(), "validator_exit_code": result.exit_code,
+                                "validator_stdout_tail": result.stdout[-OUTPUT_TAIL_CHARS:],
+                                "validator_stderr_tail": result.stderr[-OUTPUT_TAIL_CHARS:]}
+    metrics: dict[str, float] = {"corrupted_rows": float(corrupted), "validation_seconds": result.seconds}
+    problems: list[str] = []
+    if not outcome.refused:
+        problems.append(f"the validator accepted the corrupted batch (exit {result.exit_code}, {corrupted} corrupted "
+                        "row(s))")
+    else:
+        missing = unaccounted(state, outcome)
+        evidence["unaccounted"] = missing
+        if missing:
+            problems.append("the validator refused the batch, but its report does not account for "
+                            + "; ".join(missing) + ": it refused for another reason, or missed these")
+    if stage.downstream is not None:
+        down = stage._run(stage.downstream.command, path, stage.downstream.timeout_s,
+                          {"MLCHAOS_VALIDATION_EXIT": str(result.exit_code)})
+        written = stage._read_partition(state["batch"].get("value"))
+        count, positions = leaked(state, written)
+        metrics["leaked_rows"] = float(count)
+        evidence.update(downstream_exit_code=down.exit_code, leaked_positions=positions[:100],
+                        downstream_stderr_tail=down.stderr[-OUTPUT_TAIL_CHARS:])
+        if count > stage.downstream.max_leaked_rows:
+            problems.append(f"{count} corrupted row(s) reached the downstream partition (max_leaked_rows="
+                            f"{stage.downstream.max_leaked_rows}; batch positions "
+                            f"{', '.join(map(str, positions[:SHOWN]))})")
+    if problems:
+        return Verdict.failed("; ".join(problems), metrics=metrics, evidence=evidence)
+    kinds = ", ".join(f.kind for f in stage.faults)
+    what = "" if stage.downstream is None else "; none of the corrupted rows reached the downstream partition"
+    return Verdict.passed(f"the validator refused the corrupted batch ({kinds}) and its report accounts for the "
+                          f"corruption ({corrupted} row(s), {len(outcome.rows)} named){what}",
+                          metrics=metrics, evidence=evidence)

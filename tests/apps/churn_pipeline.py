@@ -1,0 +1,168 @@
+"""A churn-prediction data pipeline written the way teams write them, with nothing of mlchaos inside:
+daily feature batches (``date=YYYYMMDD/`` partitions of Parquet, CSV or JSON lines files), a pandera
+validator, and a step that builds the training set from a batch.
+
+    python churn_pipeline.py make-batches STORE --days 2 --rows 1000 [--format parquet]
+    python churn_pipeline.py validate BATCH [--mode healthy]        # pandera failure cases on stdout
+    python churn_pipeline.py prepare BATCH --out TRAINING [--mode healthy]
+
+Validator modes: ``healthy`` (types, ranges, nulls, unique ids, the label rule, the exact columns in
+order), ``pass-all``, ``fail-all``, ``schema-only`` (types and columns, no values), ``nulls-only`` (no
+duplicate or label checks). Prepare modes: ``healthy`` (skips a batch the validator refused, as told in
+``MLCHAOS_VALIDATION_EXIT``), ``ignore-validation``, ``yesterday`` (silently reads the previous batch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["customer_id", "age", "income", "zip", "tenure", "churned"]
+DATE = re.compile(r"date=(\d{8})")
+
+
+def _frame(day: int, rows: int) -> pd.DataFrame:
+    rng = np.random.default_rng(day)
+    tenure = rng.integers(0, 60, rows)
+    income = rng.normal(55_000, 15_000, rows).clip(5_000, None).round(2)
+    return pd.DataFrame({
+        "customer_id": np.arange(day * 100_000, day * 100_000 + rows),
+        "age": rng.integers(18, 90, rows),
+        "income": income,
+        "zip": rng.integers(10_000, 99_999, rows),
+        "tenure": tenure,
+        "churned": (tenure < 12) & (income < 50_000),  # the business rule the label follows
+    })
+
+
+def _write(frame: pd.DataFrame, folder: Path, fmt: str, files: int) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    size = -(-len(frame) // files)
+    for index in range(files):
+        part = frame.iloc[index * size:(index + 1) * size]
+        path = folder / f"part-{index}.{fmt}"
+        if fmt == "parquet":
+            part.to_parquet(path, index=False, row_group_size=250)
+        elif fmt == "csv":
+            part.to_csv(path, index=False)
+        else:
+            part.to_json(path, orient="records", lines=True)
+    (folder / "_SUCCESS").write_text("")
+
+
+def make_batches(store: Path, days: int, rows: int, fmt: str) -> None:
+    for offset in range(days):
+        day = 20261201 + offset
+        _write(_frame(day, rows), store / f"date={day}", fmt, files=2)
+
+
+def read_batch(batch: Path) -> pd.DataFrame:
+    files = sorted(p for p in (batch.iterdir() if batch.is_dir() else [batch])
+                   if p.suffix in (".parquet", ".csv", ".jsonl") and not p.name.startswith(("_", ".")))
+    frames = []
+    for path in files:
+        if path.suffix == ".parquet":
+            frames.append(pd.read_parquet(path))
+        elif path.suffix == ".csv":
+            frames.append(pd.read_csv(path))
+        else:
+            frames.append(pd.read_json(path, lines=True))
+    return pd.concat(frames, ignore_index=True)
+
+
+def _schema(mode: str):  # noqa: ANN202
+    import pandera.pandas as pa
+
+    if mode == "schema-only":
+        return pa.DataFrameSchema({c: pa.Column(t) for c, t in _TYPES.items()}, strict=True, ordered=True)
+    checks = {
+        "customer_id": [],
+        "age": [pa.Check.in_range(18, 100)],
+        "income": [pa.Check.ge(0), pa.Check.le(1_000_000)],
+        "zip": [pa.Check.in_range(10_000, 99_999)],
+        "tenure": [pa.Check.ge(0)],
+        "churned": [],
+    }
+    columns = {c: pa.Column(t, checks[c], nullable=False, unique=(c == "customer_id" and mode == "healthy"))
+               for c, t in _TYPES.items()}
+    rule = [pa.Check(lambda df: df["churned"] == ((df["tenure"] < 12) & (df["income"] < 50_000)),
+                     name="churned_follows_the_rule")] if mode == "healthy" else []
+    return pa.DataFrameSchema(columns, checks=rule, strict=True, ordered=True)
+
+
+_TYPES = {"customer_id": "int64", "age": "int64", "income": "float64", "zip": "int64", "tenure": "int64",
+          "churned": "bool"}
+
+
+def validate(batch: Path, mode: str) -> int:
+    import pandera.pandas as pa
+
+    if mode == "pass-all":
+        print("[]")
+        return 0
+    try:
+        frame = read_batch(batch)
+    except Exception as exc:  # a file cut short, a batch that is not a table
+        print(json.dumps({"valid": False, "unreadable": True, "failures": [{"check": "readable", "error": str(exc)}]}))
+        return 1
+    if mode == "fail-all":
+        print(json.dumps({"valid": False, "failures": [{"check": "always"}]}))
+        return 1
+    try:
+        _schema(mode).validate(frame, lazy=True)
+    except pa.errors.SchemaErrors as err:
+        print(err.failure_cases.to_json(orient="records"))
+        return 1
+    print("[]")
+    return 0
+
+
+def prepare(batch: Path, out: Path, mode: str) -> int:
+    if mode == "healthy" and os.environ.get("MLCHAOS_VALIDATION_EXIT", "0") != "0":
+        print("validation refused the batch: training set not built", file=sys.stderr)
+        return 0
+    source = batch
+    if mode == "yesterday":
+        day = int(DATE.fullmatch(batch.name).group(1))  # type: ignore[union-attr]
+        source = batch.parent / f"date={day - 1}"
+    frame = read_batch(source)
+    frame["income_per_tenure_month"] = frame["income"] / (frame["tenure"] + 1)  # a derived feature, a new column
+    target = out / batch.name
+    target.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(target / "train.parquet", index=False)
+    return 0
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    sub = parser.add_subparsers(dest="command", required=True)
+    make = sub.add_parser("make-batches")
+    make.add_argument("store", type=Path)
+    make.add_argument("--days", type=int, default=2)
+    make.add_argument("--rows", type=int, default=1000)
+    make.add_argument("--format", default="parquet", choices=["parquet", "csv", "jsonl"])
+    check = sub.add_parser("validate")
+    check.add_argument("batch", type=Path)
+    check.add_argument("--mode", default="healthy")
+    build = sub.add_parser("prepare")
+    build.add_argument("batch", type=Path)
+    build.add_argument("--out", type=Path, required=True)
+    build.add_argument("--mode", default="healthy")
+    args = parser.parse_args()
+    if args.command == "make-batches":
+        make_batches(args.store, args.days, args.rows, args.format)
+        return 0
+    if args.command == "validate":
+        return validate(args.batch, args.mode)
+    return prepare(args.batch, args.out, args.mode)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
