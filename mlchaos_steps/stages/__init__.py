@@ -28,6 +28,7 @@ STAGE_KINDS: dict[str, str] = {
     "RegistryArtifactRemoval": "mlchaos_steps.stages.registry_artifact_removal:RegistryArtifactRemoval",
     "CanaryFailure": "mlchaos_steps.stages.canary_failure:CanaryFailure",
     "DataCorruption": "mlchaos_steps.stages.data_corruption:DataCorruption",
+    "FeatureDrift": "mlchaos_steps.stages.feature_drift:FeatureDrift",
 }
 
 API_VERSIONS = ("mlchaos.io/v1alpha1",)

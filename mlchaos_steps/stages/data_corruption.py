@@ -30,7 +30,6 @@ Example::
 from __future__ import annotations
 
 import os
-import posixpath
 import re
 import time
 from typing import Annotated, Any, ClassVar, Literal
@@ -42,8 +41,9 @@ from mlchaos_steps.core.processes import CommandResult, run_command
 from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.core.verdict import Verdict
-from mlchaos_steps.errors import InfrastructureError, SafetyError, SpecError
+from mlchaos_steps.errors import InfrastructureError, SpecError
 from mlchaos_steps.stages import data_verdict
+from mlchaos_steps.stages.batches import BatchSelector, resolve_batch
 from mlchaos_steps.stages.parts import argument_list, check_runnable, environment, step_pattern, store_url
 from mlchaos_steps.stages.validation_reports import ReportFormat, ValidationOutcome, parse_report
 from mlchaos_steps.targets import quarantine, tables
@@ -54,28 +54,6 @@ FOUND_SHARE = 0.9  # of a sample of the clean batch's rows the downstream step m
 SAMPLE_ROWS = 500
 OUTPUT_TAIL_CHARS = 2000
 Fraction = Annotated[float, Field(gt=0, le=1, description="share of the batch's rows, in (0, 1]")]
-
-
-class BatchSelector(StrictModel):
-    """The batch: the newest child of ``store`` matching ``pattern`` (a file or a partition folder), or ``path``."""
-
-    store: str | None = Field(default=None, description="fsspec URL of the folder holding the batches")
-    pattern: str | None = Field(default=None, description="regex over a child's name; group 1 orders them")
-    pick: Literal["newest", "oldest"] = "newest"
-    path: str | None = Field(default=None, description="one batch (file or folder), instead of store + pattern")
-
-    _pattern = field_validator("pattern")(lambda v: v if v is None else step_pattern(v))
-
-    @field_validator("store", "path")
-    @classmethod
-    def _url(cls, value: str | None) -> str | None:
-        return value if value is None else store_url(value)
-
-    @model_validator(mode="after")
-    def _one_way(self) -> BatchSelector:
-        if (self.path is None) == (self.store is None or self.pattern is None):
-            raise ValueError("give either store and pattern (the newest matching child), or path (one batch)")
-        return self
 
 
 class _Fault(StrictModel):
@@ -218,25 +196,7 @@ class DataCorruption(StageSpec):
 
     # -- resolving --------------------------------------------------------------------------------
     def _resolve(self) -> tuple[CheckpointStore, str, str, str | None]:
-        """(the store holding the batch, the batch's path, its name, its pattern group)."""
-        try:
-            if self.batch.path is not None:
-                parent, name = posixpath.split(self.batch.path.rstrip("/"))
-                store = CheckpointStore(parent)
-                path = store.join(name)
-                if not store.exists(path):
-                    raise SpecError("spec.batch.path", f"{self.batch.path} does not exist: point it at a batch")
-                return store, path, name, None
-            store = CheckpointStore(self.batch.store or "")
-            found = store.checkpoints(self.batch.pattern or "")
-        except SafetyError as exc:
-            raise SafetyError("spec.batch", str(exc).split(": ", 1)[-1]) from None
-        if not found:
-            raise SpecError("spec.batch.pattern", f"no child of {self.batch.store} matches {self.batch.pattern!r}: "
-                                                  "check the pattern (it must match whole names)")
-        chosen = found[-1] if self.batch.pick == "newest" else found[0]
-        match = re.fullmatch(self.batch.pattern or "", chosen.name)
-        return store, chosen.path, chosen.name, match.group(1) if match else None
+        return resolve_batch(self.batch)
 
     def _shape(self, store: CheckpointStore, path: str) -> tables.BatchShape:
         labels = [f.column for f in self.faults if isinstance(f, LabelFlipFault)]

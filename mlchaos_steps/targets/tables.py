@@ -14,7 +14,7 @@ Example::
 from __future__ import annotations
 
 import posixpath
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -97,10 +97,18 @@ class BatchShape:
     schema: Any
     ranges: dict[str, tuple[float, float]] = field(default_factory=dict)
     labels: dict[str, list[Any]] = field(default_factory=dict)
+    moments: dict[str, list[float]] = field(default_factory=dict)  # numeric column -> [count, sum, sum of squares]
 
     @property
     def total_rows(self) -> int:
         return sum(self.rows)
+
+    def mean_std(self, column: str) -> tuple[float, float]:
+        count, total, squares = self.moments.get(column, [0.0, 0.0, 0.0])
+        if count < 2:
+            return (total / count if count else 0.0), 0.0
+        mean = total / count
+        return mean, max(0.0, (squares - count * mean * mean) / (count - 1)) ** 0.5
 
 
 def describe_batch(fs: Any, path: str, label_columns: list[str] | None = None) -> BatchShape:
@@ -111,6 +119,7 @@ def describe_batch(fs: Any, path: str, label_columns: list[str] | None = None) -
 
     files = batch_files(fs, path)
     rows, schema, ranges, labels = [], None, {}, {c: set() for c in label_columns or []}
+    moments: dict[str, list[float]] = {}
     try:
         for file in files:
             count = 0
@@ -124,12 +133,17 @@ def describe_batch(fs: Any, path: str, label_columns: list[str] | None = None) -
                         if low.is_valid:
                             old = ranges.get(name, (low.as_py(), high.as_py()))
                             ranges[name] = (min(old[0], low.as_py()), max(old[1], high.as_py()))
+                            values = pc.cast(column, pa.float64())
+                            sums = moments.setdefault(name, [0.0, 0.0, 0.0])
+                            sums[0] += values.length() - values.null_count
+                            sums[1] += pc.sum(values).as_py() or 0.0
+                            sums[2] += pc.sum(pc.multiply(values, values)).as_py() or 0.0
                     if name in labels and len(labels[name]) < 1000:
                         labels[name].update(v for v in pc.unique(column).to_pylist() if v is not None)
             rows.append(count)
     except (OSError, ValueError, TypeError) as exc:
         raise NotATable(f"cannot be read as a table: {exc}") from exc
-    return BatchShape(files, rows, schema, ranges, {k: sorted(v, key=str) for k, v in labels.items()})
+    return BatchShape(files, rows, schema, ranges, {k: sorted(v, key=str) for k, v in labels.items()}, moments)
 
 
 # -- planning ---------------------------------------------------------------------------------------
@@ -299,6 +313,25 @@ class _JsonLinesWriter:
 def write_corrupted(fs: Any, source: str, dest: str, plan: Plan, check: Any = None) -> Any:
     """Write the corrupted copy of the batch at ``source`` (a file or a partition folder) to ``dest``, a
     row group at a time; return the corrupted rows (pyarrow Table with ``__mlchaos_row``)."""
+    evidence = write_transformed(fs, source, dest, lambda group, offset, written: corrupt_group(
+        group, offset, plan, written), check)
+    if plan.truncate:
+        largest = max(batch_files(fs, dest), key=lambda f: (int(fs.size(f)), f))
+        with fs.open(largest, "rb") as handle:
+            data = handle.read()
+        with fs.open(largest, "wb") as handle:
+            handle.write(data[: len(data) // 2])
+    return evidence
+
+
+# (row group, its first row's index in the batch, rows written before it) -> (new group, evidence rows or None)
+Transform = Callable[[Any, int, int], tuple[Any, Any]]
+
+
+def write_transformed(fs: Any, source: str, dest: str, transform: Transform, check: Any = None) -> Any:
+    """Write a copy of the batch at ``source`` to ``dest`` with ``transform`` applied to every row group,
+    in the same format and files; other files of a partition (``_SUCCESS``) are copied unchanged.
+    Returns the evidence rows the transform gave, concatenated (None when it gave none)."""
     import pyarrow as pa
 
     files = batch_files(fs, source)
@@ -317,20 +350,15 @@ def write_corrupted(fs: Any, source: str, dest: str, plan: Plan, check: Any = No
             for group in row_groups(fs, file):
                 if check is not None:
                     check()
-                damaged, rows = corrupt_group(group, offset, plan, written)
+                damaged, rows = transform(group, offset, written)
                 writer = writer or _writer(table_format(file), handle, damaged.schema)
                 writer.write_table(damaged)
-                evidence.append(rows)
+                if rows is not None:
+                    evidence.append(rows)
                 offset += group.num_rows
                 written += damaged.num_rows
             if writer is not None:
                 writer.close()
-    if plan.truncate:
-        largest = max(batch_files(fs, dest), key=lambda f: (int(fs.size(f)), f))
-        with fs.open(largest, "rb") as handle:
-            data = handle.read()
-        with fs.open(largest, "wb") as handle:
-            handle.write(data[: len(data) // 2])
     return pa.concat_tables(evidence, promote_options="permissive") if evidence else None
 
 

@@ -5,11 +5,15 @@ validator, and a step that builds the training set from a batch.
     python churn_pipeline.py make-batches STORE --days 2 --rows 1000 [--format parquet]
     python churn_pipeline.py validate BATCH [--mode healthy]        # pandera failure cases on stdout
     python churn_pipeline.py prepare BATCH --out TRAINING [--mode healthy]
+    python churn_pipeline.py monitor BATCH [--mode healthy]         # {"drifted": [...]} on stdout
 
 Validator modes: ``healthy`` (types, ranges, nulls, unique ids, the label rule, the exact columns in
 order), ``pass-all``, ``fail-all``, ``schema-only`` (types and columns, no values), ``nulls-only`` (no
 duplicate or label checks). Prepare modes: ``healthy`` (skips a batch the validator refused, as told in
 ``MLCHAOS_VALIDATION_EXIT``), ``ignore-validation``, ``yesterday`` (silently reads the previous batch).
+Monitor modes: ``healthy`` (each feature against yesterday's batch: Kolmogorov-Smirnov for numbers,
+chi-square for categories), ``never``, ``always``, ``wrong-feature`` (alarms on the feature next to the
+drifted one), ``late`` (compares yesterday's batch with the day before's: today's drift shows a day late).
 """
 
 from __future__ import annotations
@@ -24,7 +28,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-COLUMNS = ["customer_id", "age", "income", "zip", "tenure", "churned"]
+COLUMNS = ["customer_id", "age", "income", "zip", "tenure", "plan", "churned"]
+FEATURES = ["age", "income", "zip", "tenure", "plan"]
+PLANS = ["basic", "plus", "premium"]
 DATE = re.compile(r"date=(\d{8})")
 
 
@@ -38,6 +44,7 @@ def _frame(day: int, rows: int) -> pd.DataFrame:
         "income": income,
         "zip": rng.integers(10_000, 99_999, rows),
         "tenure": tenure,
+        "plan": rng.choice(PLANS, rows, p=[0.6, 0.3, 0.1]),
         "churned": (tenure < 12) & (income < 50_000),  # the business rule the label follows
     })
 
@@ -88,6 +95,7 @@ def _schema(mode: str):  # noqa: ANN202
         "income": [pa.Check.ge(0), pa.Check.le(1_000_000)],
         "zip": [pa.Check.in_range(10_000, 99_999)],
         "tenure": [pa.Check.ge(0)],
+        "plan": [pa.Check.isin(PLANS)],
         "churned": [],
     }
     columns = {c: pa.Column(t, checks[c], nullable=False, unique=(c == "customer_id" and mode == "healthy"))
@@ -98,7 +106,7 @@ def _schema(mode: str):  # noqa: ANN202
 
 
 _TYPES = {"customer_id": "int64", "age": "int64", "income": "float64", "zip": "int64", "tenure": "int64",
-          "churned": "bool"}
+          "plan": "str", "churned": "bool"}
 
 
 def validate(batch: Path, mode: str) -> int:
@@ -140,6 +148,41 @@ def prepare(batch: Path, out: Path, mode: str) -> int:
     return 0
 
 
+def _drifted(current: pd.DataFrame, reference: pd.DataFrame, features: list[str], alpha: float) -> dict[str, float]:
+    """Each feature's p-value: Kolmogorov-Smirnov for numbers, chi-square over category counts."""
+    from scipy import stats
+
+    p_values = {}
+    for name in features:
+        if pd.api.types.is_numeric_dtype(reference[name]):
+            p_values[name] = float(stats.ks_2samp(current[name].dropna(), reference[name].dropna()).pvalue)
+        else:
+            counts = pd.concat([current[name].value_counts(), reference[name].value_counts()], axis=1).fillna(0)
+            p_values[name] = float(stats.chi2_contingency(counts.to_numpy().T)[1])
+    return p_values
+
+
+def monitor(batch: Path, mode: str, alpha: float) -> int:
+    """The drift monitor: today's batch against yesterday's; prints {"drifted": [...], "p_values": {...}}."""
+    day = int(DATE.fullmatch(batch.name).group(1))  # type: ignore[union-attr]
+    current, reference = batch, batch.parent / f"date={day - 1}"
+    if mode == "late":  # looks at the batch before: today's drift shows up a day late
+        current, reference = reference, batch.parent / f"date={day - 2}"
+    if not reference.exists():
+        print(json.dumps({"drifted": [], "note": "no reference batch"}))
+        return 0
+    p_values = _drifted(read_batch(current), read_batch(reference), FEATURES, alpha)
+    drifted = [f for f, p in p_values.items() if p < alpha]
+    if mode == "never":
+        drifted = []
+    elif mode == "always":
+        drifted = list(FEATURES)
+    elif mode == "wrong-feature" and drifted:  # raises the alarm, but on the feature next to the drifted one
+        drifted = [FEATURES[(FEATURES.index(f) + 1) % len(FEATURES)] for f in drifted]
+    print(json.dumps({"drifted": drifted, "p_values": p_values}))
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command", required=True)
@@ -155,12 +198,18 @@ def main() -> int:
     build.add_argument("batch", type=Path)
     build.add_argument("--out", type=Path, required=True)
     build.add_argument("--mode", default="healthy")
+    watch = sub.add_parser("monitor")
+    watch.add_argument("batch", type=Path)
+    watch.add_argument("--mode", default="healthy")
+    watch.add_argument("--alpha", type=float, default=0.001)
     args = parser.parse_args()
     if args.command == "make-batches":
         make_batches(args.store, args.days, args.rows, args.format)
         return 0
     if args.command == "validate":
         return validate(args.batch, args.mode)
+    if args.command == "monitor":
+        return monitor(args.batch, args.mode, args.alpha)
     return prepare(args.batch, args.out, args.mode)
 
 

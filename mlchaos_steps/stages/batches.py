@@ -1,0 +1,66 @@
+"""Which data batch a data stage works on: spec part and resolution, shared by data-corruption and
+feature-drift.
+
+Example::
+
+    batch: {store: file:///data/features, pattern: "date=(\\d{8})", pick: newest}
+    batch: {path: file:///data/features/date=20261206}
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from typing import Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from mlchaos_steps.core.spec import StrictModel
+from mlchaos_steps.errors import SafetyError, SpecError
+from mlchaos_steps.stages.parts import step_pattern, store_url
+from mlchaos_steps.targets.checkpoints import CheckpointStore
+
+
+class BatchSelector(StrictModel):
+    """The batch: the newest child of ``store`` matching ``pattern`` (a file or a partition folder), or ``path``."""
+
+    store: str | None = Field(default=None, description="fsspec URL of the folder holding the batches")
+    pattern: str | None = Field(default=None, description="regex over a child's name; group 1 orders them")
+    pick: Literal["newest", "oldest"] = "newest"
+    path: str | None = Field(default=None, description="one batch (file or folder), instead of store + pattern")
+
+    _pattern = field_validator("pattern")(lambda v: v if v is None else step_pattern(v))
+
+    @field_validator("store", "path")
+    @classmethod
+    def _url(cls, value: str | None) -> str | None:
+        return value if value is None else store_url(value)
+
+    @model_validator(mode="after")
+    def _one_way(self) -> BatchSelector:
+        if (self.path is None) == (self.store is None or self.pattern is None):
+            raise ValueError("give either store and pattern (the newest matching child), or path (one batch)")
+        return self
+
+
+def resolve_batch(batch: BatchSelector) -> tuple[CheckpointStore, str, str, str | None]:
+    """(the store holding the batch, the batch's path, its name, its pattern group). Bad input names
+    ``spec.batch``."""
+    try:
+        if batch.path is not None:
+            parent, name = posixpath.split(batch.path.rstrip("/"))
+            store = CheckpointStore(parent)
+            path = store.join(name)
+            if not store.exists(path):
+                raise SpecError("spec.batch.path", f"{batch.path} does not exist: point it at a batch")
+            return store, path, name, None
+        store = CheckpointStore(batch.store or "")
+        found = store.checkpoints(batch.pattern or "")
+    except SafetyError as exc:
+        raise SafetyError("spec.batch", str(exc).split(": ", 1)[-1]) from None
+    if not found:
+        raise SpecError("spec.batch.pattern", f"no child of {batch.store} matches {batch.pattern!r}: "
+                                              "check the pattern (it must match whole names)")
+    chosen = found[-1] if batch.pick == "newest" else found[0]
+    match = re.fullmatch(batch.pattern or "", chosen.name)
+    return store, chosen.path, chosen.name, match.group(1) if match else None
