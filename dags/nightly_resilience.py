@@ -2,6 +2,7 @@
 
     champion >> train >> checkpoint-wipe        (verdict onto @champion)
     champion >> registry-artifact-removal       (on @champion itself)
+    champion >> features >> feature-drift       (the drift monitor, verdict onto @champion)
 
 Each execution is an MLflow run in experiment ``mlchaos`` with its metrics (``lost_steps``,
 ``detect_seconds``...), so the runs of every night are the trend. No gate: nothing is promoted, the
@@ -29,7 +30,7 @@ with DAG(
     params={
         "workdir": Param("/tmp/mlchaos-examples", type="string", description="checkpoints and logs"),
         "model": Param("churn-classifier", type="string", description="the registered model"),
-        "broken": Param(False, type="boolean", description="the deliberately broken trainer"),
+        "broken": Param(False, type="boolean", description="the deliberately broken trainer and drift monitor"),
     },
     user_defined_macros={"python": sys.executable},
 ) as dag:
@@ -49,6 +50,13 @@ with DAG(
     registry_artifact_removal = ChaosStage(stage=STAGES / "registry_artifact_removal_champion.yaml",
                                            model="{{ params.model }}", version=CHAMPION)
 
+    @task
+    def features(params: dict) -> str:
+        return training.features(Path(params["workdir"]) / dag.dag_id, days=3)
+
+    feature_drift = ChaosStage(stage=STAGES / "feature_drift.yaml", model="{{ params.model }}", version=CHAMPION)
+
     current = champion()
     current >> train() >> checkpoint_wipe
     current >> registry_artifact_removal
+    current >> features() >> feature_drift

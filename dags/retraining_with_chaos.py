@@ -1,16 +1,16 @@
 """Retraining with chaos.
 
-    prepare >> train >> checkpoint-wipe >> evaluate >> register (@challenger)
-            >> registry-artifact-removal >> gate (moves @champion)
+    prepare >> features >> data-corruption >> validate >> train >> checkpoint-wipe >> evaluate
+            >> register (@challenger) >> registry-artifact-removal >> gate (moves @champion)
 
 Each chaos stage is one YAML file in ``stages/`` and becomes a task group of four tasks: snapshot (a
 setup), inject, verify, restore (its teardown, so it always runs). The gate moves @champion only when
-the candidate passed both stages and everything was restored.
+the candidate passed the three stages and everything was restored.
 
 Params (give them as run conf, e.g. ``{"broken": true}``): ``workdir`` for checkpoints and logs,
-``model`` the registered model, ``broken`` to train and register the deliberately broken workloads (a
-trainer that trusts a damaged checkpoint, a model that loads without its weights): both stages fail,
-the gate ends ``upstream_failed`` and nothing is promoted.
+``model`` the registered model, ``broken`` to run the deliberately broken workloads (a validator that lets
+corrupted rows through, a trainer that trusts a damaged checkpoint, a model that loads without its
+weights): the first stage fails, the gate ends ``upstream_failed`` and nothing is promoted.
 """
 
 import sys
@@ -44,6 +44,14 @@ with DAG(
         return training.prepare(training.checkpoints(params["workdir"], dag.dag_id))
 
     @task
+    def features(params: dict) -> str:
+        return training.features(Path(params["workdir"]) / dag.dag_id)
+
+    @task
+    def validate(batch: str) -> None:
+        training.validate_batch(batch)
+
+    @task
     def train(params: dict) -> str:
         return training.train(training.checkpoints(params["workdir"], dag.dag_id))
 
@@ -54,15 +62,17 @@ with DAG(
     @task
     def register(params: dict) -> str:
         version = training.register_candidate(params["model"], params["workdir"], broken=params["broken"])
-        # checkpoint-wipe ran before this version existed: its verdict is carried onto it
-        carry_verdicts(get_current_context(), params["model"], version, ["checkpoint-wipe"])
+        # data-corruption and checkpoint-wipe ran before this version existed: their verdicts are carried onto it
+        carry_verdicts(get_current_context(), params["model"], version, ["data-corruption", "checkpoint-wipe"])
         return version
 
+    data_corruption = ChaosStage(stage=STAGES / "data_corruption.yaml")
     checkpoint_wipe = ChaosStage(stage=STAGES / "checkpoint_wipe.yaml")
     registry_artifact_removal = ChaosStage(stage=STAGES / "registry_artifact_removal.yaml",
                                            model="{{ params.model }}", version=CANDIDATE)
     gate = PromotionGateOperator(task_id="gate", model="{{ params.model }}", version=CANDIDATE,
-                                 require=["checkpoint-wipe", "registry-artifact-removal"])
+                                 require=["data-corruption", "checkpoint-wipe", "registry-artifact-removal"])
 
-    (prepare() >> train() >> checkpoint_wipe >> evaluate() >> register()
-     >> registry_artifact_removal >> gate)
+    batch = features()
+    (prepare() >> batch >> data_corruption >> validate(batch) >> train() >> checkpoint_wipe >> evaluate()
+     >> register() >> registry_artifact_removal >> gate)

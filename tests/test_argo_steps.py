@@ -63,7 +63,7 @@ def test_retraining_passes_promotes_and_a_retried_inject_is_skipped(mlflow_serve
     assert _result(inject)["status"] == "skipped", _result(inject)  # the retry never injects twice
     verify = _result(_node(argo, ".checkpoint-wipe.verify"))
     assert verify["verdict"] == "passed", verify
-    for stage in ("checkpoint-wipe", "registry-artifact-removal"):
+    for stage in ("checkpoint-wipe", "data-corruption", "registry-artifact-removal"):
         assert _node(argo, f".{stage}.restore").phase == "Succeeded"
         assert _node(argo, f".{stage}.onExit").phase == "Succeeded"  # the exit hook: nothing left to do
         assert json.loads(_node(argo, f".{stage}").outputs["verdict"])["verdict"] == "passed"
@@ -96,7 +96,8 @@ def test_broken_retraining_fails_restores_and_the_gate_blocks(mlflow_server: str
 
     checkpoints = sorted((work / "checkpoints").glob("step-*"))
     assert len(checkpoints) == 5 and all(load_intact(c) is not None for c in checkpoints)  # put back whole
-    assert all(f".{n}" not in " ".join(argo.nodes) for n in ("registry-artifact-removal.inject", "gate"))
+    assert all(f".{n}" not in " ".join(argo.nodes)
+               for n in ("data-corruption.inject", "registry-artifact-removal.inject", "gate"))
     assert _champion(model_name) == champion
     # the gate step itself, run on the registered version, blocks
     registered = _node(argo, ".register").outputs["result"]
@@ -120,6 +121,7 @@ def test_nightly_cron_workflow_runs_its_stages_on_the_champion(mlflow_server: st
     tags = client().get_model_version(model_name, champion).tags
     assert tags.get("mlchaos.checkpoint-wipe.verdict") == "passed", tags
     assert tags.get("mlchaos.registry-artifact-removal.verdict") == "passed", tags
+    assert tags.get("mlchaos.feature-drift.verdict") == "passed", tags
 
 
 @pytest.fixture

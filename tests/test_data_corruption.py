@@ -1,4 +1,4 @@
-"""data-corruption against a churn pipeline written outside the project (tests/apps/churn_pipeline.py):
+"""data-corruption against a churn pipeline with nothing of mlchaos inside (examples/churn_pipeline.py):
 real Parquet, CSV and JSON lines batches, real pyarrow, a real pandera validator and a step that builds
 the training set. Healthy pipelines pass, each broken class fails (or, where the steady state does not
 hold, is inconclusive with nothing broken), and every batch and training set is back byte for byte."""
@@ -16,9 +16,10 @@ import pytest
 from conftest import tree_digests, write_stage
 
 from mlchaos_steps.api import run_stage
+from mlchaos_steps.examples import churn_pipeline
 from mlchaos_steps.stages import parse_stage
 
-PIPELINE = Path(__file__).parent / "apps" / "churn_pipeline.py"
+PIPELINE = Path(churn_pipeline.__file__)
 ALL_ROW_FAULTS = [
     {"kind": "nulls", "columns": ["age", "income"], "fraction": 0.02},
     {"kind": "out_of_range", "columns": ["age"], "fraction": 0.01},

@@ -84,6 +84,7 @@ def test_nightly_dag(example_dags: dict[str, Any], mlflow_server: str, tmp_path:
     champion = client().get_model_version_by_alias(model, "champion")
     assert champion.tags["mlchaos.checkpoint-wipe.verdict"] == "passed"
     assert champion.tags["mlchaos.registry-artifact-removal.verdict"] == "passed"
+    assert champion.tags["mlchaos.feature-drift.verdict"] == "passed"
 
 
 def test_add_chaos_to_existing_dag(example_dags: dict[str, Any], tmp_path: Path) -> None:

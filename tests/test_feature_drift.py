@@ -1,4 +1,4 @@
-"""feature-drift against the churn pipeline's drift monitor (tests/apps/churn_pipeline.py: each feature
+"""feature-drift against the churn pipeline's drift monitor (examples/churn_pipeline.py: each feature
 against yesterday's batch with scipy's two-sample tests), healthy and broken: a monitor that never
 fires, fires every time, fires on the wrong feature, or fires a day late. Every batch back byte for byte."""
 
@@ -15,9 +15,10 @@ import pytest
 from conftest import cli, tree_digests, write_stage
 
 from mlchaos_steps.api import run_stage
+from mlchaos_steps.examples import churn_pipeline
 from mlchaos_steps.stages import parse_stage
 
-PIPELINE = Path(__file__).parent / "apps" / "churn_pipeline.py"
+PIPELINE = Path(churn_pipeline.__file__)
 SHIFTS = [{"kind": "mean_shift", "column": "income", "k": 1.0},
           {"kind": "swap_categories", "column": "plan", "a": "basic", "b": "premium"}]
 

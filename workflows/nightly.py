@@ -3,6 +3,7 @@ CronWorkflow running the stages against the current @champion every night.
 
     champion >> prepare >> train >> checkpoint-wipe     (verdict onto @champion)
     champion >> registry-artifact-removal               (on @champion itself)
+    champion >> features >> feature-drift               (the drift monitor, verdict onto @champion)
 
 No gate: nothing is promoted; the verdicts on @champion, and the MLflow runs of every night, say
 whether production still recovers.
@@ -33,6 +34,7 @@ with CronWorkflow(
     champion = training_step("champion", "champion", "--model", MODEL)
     prepare = training_step("prepare", "prepare", "--store", STORE)
     train = training_step("train", "train", "--store", STORE)
+    features = training_step("features", "features", "--workdir", "{{workflow.parameters.workdir}}", "--days", "3")
 
     with DAG(name="main"):
         current = champion()
@@ -40,8 +42,10 @@ with CronWorkflow(
                                       version=CHAMPION)
         artifact_removal = chaos_stage("registry-artifact-removal", STAGES / "registry_artifact_removal_champion.yaml",
                                        model=MODEL, version=CHAMPION)
+        feature_drift = chaos_stage("feature-drift", STAGES / "feature_drift.yaml", model=MODEL, version=CHAMPION)
         current >> prepare() >> train() >> checkpoint_wipe
         current >> artifact_removal
+        current >> features() >> feature_drift
 
 if __name__ == "__main__":
     print(workflow.to_yaml(), end="")

@@ -1,15 +1,17 @@
 """Retraining with chaos, on Argo Workflows (the equivalent of ``dags/retraining_with_chaos.py``).
 
-    prepare >> train >> evaluate >> register (@challenger)
-            >> checkpoint-wipe >> registry-artifact-removal >> gate (moves @champion)
+    prepare >> features >> validate >> train >> evaluate >> register (@challenger)
+            >> checkpoint-wipe >> data-corruption >> registry-artifact-removal >> gate (moves @champion)
 
 Each chaos stage is a task calling the ``mlchaos-steps`` WorkflowTemplate (install it once:
 ``mlchaos argo templates | kubectl apply -f -``); its stage file is checked now, when the workflow is
-rendered. The gate moves @champion only when the registered version passed both stages.
+rendered. The stages run after ``register``, so their verdicts go onto the registered version (data-corruption
+runs the pipeline's validator and training-set step itself, on the same feature batch). The gate moves
+@champion only when that version passed the three stages.
 
 Render: ``python workflows/retraining.py > workflows/retraining.yaml`` (``make workflows`` renders all).
 Parameters: ``workdir`` (checkpoints: storage every step reaches), ``model``, ``broken`` (``true``
-trains and registers the deliberately broken workloads: both stages fail, nothing is promoted).
+runs the deliberately broken workloads: the first stage fails, nothing is promoted).
 """
 
 from pathlib import Path
@@ -31,18 +33,22 @@ with Workflow(
     labels={"app.kubernetes.io/part-of": "mlchaos-steps"},
 ) as workflow:
     prepare = training_step("prepare", "prepare", "--store", STORE)
+    features = training_step("features", "features", "--workdir", "{{workflow.parameters.workdir}}")
+    validate = training_step("validate", "validate", "--workdir", "{{workflow.parameters.workdir}}")
     train = training_step("train", "train", "--store", STORE)
     evaluate = training_step("evaluate", "evaluate", "--store", STORE)
     register = training_step("register", "register", "--model", MODEL, "--workdir",
                              "{{workflow.parameters.workdir}}", "--broken", "{{workflow.parameters.broken}}")
 
     with DAG(name="main"):
+        data_corruption = chaos_stage("data-corruption", STAGES / "data_corruption.yaml", model=MODEL, version=VERSION)
         checkpoint_wipe = chaos_stage("checkpoint-wipe", STAGES / "checkpoint_wipe.yaml", model=MODEL, version=VERSION)
         artifact_removal = chaos_stage("registry-artifact-removal", STAGES / "registry_artifact_removal.yaml",
                                        model=MODEL, version=VERSION)
         promote = gate("gate", model=MODEL, version=VERSION,
-                       require=["checkpoint-wipe", "registry-artifact-removal"])
-        (prepare() >> train() >> evaluate() >> register() >> checkpoint_wipe >> artifact_removal >> promote)
+                       require=["data-corruption", "checkpoint-wipe", "registry-artifact-removal"])
+        (prepare() >> features() >> validate() >> train() >> evaluate() >> register() >> checkpoint_wipe
+         >> data_corruption >> artifact_removal >> promote)
 
 if __name__ == "__main__":
     print(workflow.to_yaml(), end="")

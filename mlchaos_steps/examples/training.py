@@ -46,6 +46,27 @@ def evaluate(store: Path) -> float:
     return float(state["model"].score(x, y))
 
 
+def features(root: str | Path, days: int = 2) -> str:
+    """Data preparation: the days' feature batches (``<root>/features/date=YYYYMMDD/``), made afresh, and
+    an empty training-set store beside them (``<root>/training_sets``); returns the newest batch."""
+    from mlchaos_steps.examples.churn_pipeline import make_batches
+
+    root = Path(root)
+    for folder in ("features", "training_sets"):
+        shutil.rmtree(root / folder, ignore_errors=True)
+    make_batches(root / "features", days, 1000, "parquet")
+    (root / "training_sets").mkdir(parents=True)
+    return str(max((root / "features").iterdir()))
+
+
+def validate_batch(batch: str | Path) -> None:
+    """The pipeline's validation task (pandera): raises when the validator refuses the batch."""
+    from mlchaos_steps.examples.churn_pipeline import validate
+
+    if validate(Path(batch), "healthy") != 0:
+        raise RuntimeError(f"the validator refused {batch}")
+
+
 def ensure_champion(model: str) -> str:
     """The @champion version, registered first when the model has none."""
     from mlchaos_steps.examples.models import register_sklearn
@@ -84,20 +105,24 @@ def ensure_candidate(model: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     """The same steps as a command, for workflow containers (the Argo examples in ``workflows/``):
-    ``python -m mlchaos_steps.examples.training {prepare,train,evaluate,register,candidate,champion}``.
+    ``python -m mlchaos_steps.examples.training {prepare,train,evaluate,register,candidate,champion,features,
+    validate}``.
     ``--output FILE`` writes the step's result there (an Argo output parameter reads it)."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m mlchaos_steps.examples.training")
-    parser.add_argument("step", choices=["prepare", "train", "evaluate", "register", "candidate", "champion"])
+    parser.add_argument("step", choices=["prepare", "train", "evaluate", "register", "candidate", "champion",
+                                         "features", "validate"])
     parser.add_argument("--store", help="the checkpoint folder (prepare, train, evaluate)")
     parser.add_argument("--model", help="the registered model (register, candidate, champion)")
     parser.add_argument("--workdir", help="where a broken candidate keeps its files (register)")
     parser.add_argument("--broken", default="false", help="register the deliberately broken model: true/false")
+    parser.add_argument("--days", type=int, default=2, help="how many daily feature batches (features)")
+    parser.add_argument("--batch", help="the feature batch to validate (validate; default: the newest)")
     parser.add_argument("--output", help="write the result to this file")
     args = parser.parse_args(argv)
     needs = {"prepare": "store", "train": "store", "evaluate": "store", "register": "model",
-             "candidate": "model", "champion": "model"}[args.step]
+             "candidate": "model", "champion": "model", "features": "workdir", "validate": "workdir"}[args.step]
     if not getattr(args, needs):
         parser.error(f"{args.step} needs --{needs}")
     if args.step == "register" and not args.workdir:
@@ -110,6 +135,8 @@ def main(argv: list[str] | None = None) -> int:
                                                broken=args.broken.strip().lower() in {"1", "true", "yes"}),
         "candidate": lambda: ensure_candidate(args.model),
         "champion": lambda: ensure_champion(args.model),
+        "features": lambda: features(args.workdir, args.days),
+        "validate": lambda: validate_batch(args.batch or max((Path(args.workdir) / "features").iterdir())) or "valid",
     }
     result = str(steps[args.step]())
     print(result)

@@ -11,7 +11,8 @@ Validator modes: ``healthy`` (types, ranges, nulls, unique ids, the label rule, 
 order), ``pass-all``, ``fail-all``, ``schema-only`` (types and columns, no values), ``nulls-only`` (no
 duplicate or label checks). Prepare modes: ``healthy`` (skips a batch the validator refused, as told in
 ``MLCHAOS_VALIDATION_EXIT``), ``ignore-validation``, ``yesterday`` (silently reads the previous batch).
-Monitor modes: ``healthy`` (each feature against yesterday's batch: Kolmogorov-Smirnov for numbers,
+``--broken=true`` (as a pipeline parameter renders it) is ``pass-all`` for the validator and ``never`` for
+the monitor. Monitor modes: ``healthy`` (each feature against yesterday's batch: Kolmogorov-Smirnov for numbers,
 chi-square for categories), ``never``, ``always``, ``wrong-feature`` (alarms on the feature next to the
 drifted one), ``late`` (compares yesterday's batch with the day before's: today's drift shows a day late).
 """
@@ -194,6 +195,7 @@ def main() -> int:
     check = sub.add_parser("validate")
     check.add_argument("batch", type=Path)
     check.add_argument("--mode", default="healthy")
+    check.add_argument("--broken", default="false", help="true: the validator that passes everything")
     build = sub.add_parser("prepare")
     build.add_argument("batch", type=Path)
     build.add_argument("--out", type=Path, required=True)
@@ -202,14 +204,16 @@ def main() -> int:
     watch.add_argument("batch", type=Path)
     watch.add_argument("--mode", default="healthy")
     watch.add_argument("--alpha", type=float, default=0.001)
+    watch.add_argument("--broken", default="false", help="true: the monitor that never fires")
     args = parser.parse_args()
     if args.command == "make-batches":
         make_batches(args.store, args.days, args.rows, args.format)
         return 0
+    broken = str(getattr(args, "broken", "false")).strip().lower() in {"1", "true", "yes"}
     if args.command == "validate":
-        return validate(args.batch, args.mode)
+        return validate(args.batch, "pass-all" if broken else args.mode)
     if args.command == "monitor":
-        return monitor(args.batch, args.mode, args.alpha)
+        return monitor(args.batch, "never" if broken else args.mode, args.alpha)
     return prepare(args.batch, args.out, args.mode)
 
 
