@@ -218,11 +218,11 @@ def test_restore_after_a_crash_removes_the_damage_it_wrote(store: Path, mlchaos_
     stage = parse_stage(wipe_doc(store, mode))
     run_phase(stage, "snapshot", "crashed")
     run_phase(stage, "inject", "crashed")
-    # A crash between writing the damaged copy and recording its digest: the ledger lacks it.
+    # A crash between writing the damaged copy and recording it: the ledger lacks it.
     with sqlite3.connect(mlchaos_home / "ledger.db") as db:
         (undo_json,) = db.execute("SELECT undo_json FROM actions WHERE run_key = 'crashed'").fetchone()
         undo = json.loads(undo_json)
-        undo.pop("damaged_digest")
+        undo.pop("damaged_on_disk")  # a local store records the copy by what it is on disk
         db.execute("UPDATE actions SET undo_json = ? WHERE run_key = 'crashed'", (json.dumps(undo),))
     output = restore_run("crashed")
     assert output["actions"][0].get("removed_own_damage") is True

@@ -223,7 +223,7 @@ def test_restore_after_a_crash_recognises_its_own_corrupted_copy(data: Path, mlc
         row_id, undo_json = db.execute("SELECT id, undo_json FROM actions WHERE run_key = 'crashed' "
                                        "AND kind = 'quarantine-batch'").fetchone()
         undo = json.loads(undo_json)
-        undo.pop("damaged_digest")
+        undo.pop("damaged_on_disk")  # a local store records the copy by what it is on disk
         db.execute("UPDATE actions SET undo_json = ? WHERE id = ?", (json.dumps(undo), row_id))
     output = restore_run("crashed")
     assert output["actions"][0].get("removed_own_damage") is True, output

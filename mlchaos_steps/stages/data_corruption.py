@@ -269,7 +269,7 @@ class DataCorruption(StageSpec):
                 "shows nothing when it refuses bad data")
         state: dict[str, Any] = {"batch": {"name": name, "path": path, "store": store.url, "on_disk": on_disk,
                                            "digest": digest, "value": value},
-                                 "rows": shape.total_rows, "columns": shape.schema.names}
+                                 "rows": shape.total_rows, "columns": shape.schema.names, "shape": shape.as_dict()}
         ctx.save(**state)
         steady: dict[str, Any] = {"validator": outcome.summary()}
         if self.downstream is not None:
@@ -336,25 +336,28 @@ class DataCorruption(StageSpec):
     def inject(self, ctx: PhaseContext) -> dict[str, Any]:
         batch = ctx.state["batch"]
         store = CheckpointStore(batch["store"])
-        shape = self._shape(store, batch["path"])
-        plan = tables.plan_faults(self._fault_dicts(), shape, self.seed)
-        corrupted: dict[str, Any] = {}
+        # The batch is what snapshot described: inject checks it is unchanged before it moves it.
+        plan = tables.plan_faults(self._fault_dicts(), tables.BatchShape.from_dict(ctx.state["shape"]), self.seed)
+        run_dir = run_dir_name(ctx.run_key)
+        evidence = f"{store.quarantine_path(run_dir, batch['name'])}.corrupted-rows.parquet"
+        counted: dict[str, int] = {}
         started = time.perf_counter()
 
         def write_damage(source: str, staging: str) -> dict[str, Any]:
             rows = tables.write_corrupted(store.fs, source, staging, plan, check_kill_switch)
-            corrupted["rows"] = rows
-            return {}
+            counted["rows"] = rows.num_rows if rows is not None else 0
+            if counted["rows"]:  # beside the backup: every pod reaches it, restore removes it
+                tables.write_evidence(store.fs, evidence, rows)
+            return {"evidence": evidence}
 
         victim = {"name": batch["name"], "path": batch["path"], "digest": batch["digest"],
                   "on_disk": batch["on_disk"]}
-        quarantine.replace(ctx, store, "quarantine-batch", victim, run_dir_name(ctx.run_key),
+        quarantine.replace(ctx, store, "quarantine-batch", victim, run_dir,
                            {"faults": self._fault_dicts(), "seed": self.seed}, write_damage)
-        rows = corrupted.get("rows")
-        evidence = _rows_evidence(rows)
-        ctx.save(corrupted=evidence, schema_faults={"drop": plan.drop, "rename": plan.rename,
-                                                    "type_changes": plan.type_changes}, truncated=plan.truncate)
-        return {"corrupted_rows": len(evidence["positions"]), "inject_seconds": round(time.perf_counter() - started, 6)}
+        ctx.save(corrupted={"evidence": evidence if counted.get("rows") else None, "rows": counted.get("rows", 0)},
+                 schema_faults={"drop": plan.drop, "rename": plan.rename, "type_changes": plan.type_changes},
+                 truncated=plan.truncate)
+        return {"corrupted_rows": counted.get("rows", 0), "inject_seconds": round(time.perf_counter() - started, 6)}
 
     def verify(self, ctx: PhaseContext) -> Verdict:
         return data_verdict.judge(self, ctx)
@@ -365,18 +368,9 @@ class DataCorruption(StageSpec):
         if action.kind == "downstream-partition":
             return _restore_partition(undo, ctx)
         store = CheckpointStore(undo["store"])
+        if undo.get("evidence") and store.exists(undo["evidence"]):
+            store.remove(undo["evidence"])  # the corrupted rows, a by-product of this run
         return quarantine.put_back(store, undo, lambda current: _is_own_damage(store, undo, current))
-
-
-def _rows_evidence(rows: Any) -> dict[str, Any]:
-    """The corrupted rows as plain data for the ledger: their positions, faults and values (as text)."""
-    if rows is None or rows.num_rows == 0:
-        return {"positions": [], "faults": [], "columns": [], "values": []}
-    frame = rows.to_pandas()
-    columns = [c for c in frame.columns if c not in (tables.ROW_COLUMN, tables.FAULT_COLUMN)]
-    values = tables.canonical(frame[columns]).values.tolist()
-    return {"positions": frame[tables.ROW_COLUMN].tolist(), "faults": frame[tables.FAULT_COLUMN].tolist(),
-            "columns": columns, "values": values}
 
 
 def _is_own_damage(store: CheckpointStore, undo: dict[str, Any], current: str) -> bool:

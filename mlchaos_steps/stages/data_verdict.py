@@ -20,7 +20,15 @@ OUTPUT_TAIL_CHARS = 2000
 SHOWN = 8
 
 
-def unaccounted(state: dict[str, Any], outcome: ValidationOutcome) -> list[str]:
+def corrupted_rows(state: dict[str, Any]) -> Any:
+    """The corrupted rows inject recorded beside the backup (a DataFrame; values as text), or None."""
+    path = (state.get("corrupted") or {}).get("evidence")
+    if not path:
+        return None
+    return tables.read_evidence(CheckpointStore(state["batch"]["store"]).fs, path)
+
+
+def unaccounted(state: dict[str, Any], outcome: ValidationOutcome, rows: Any) -> list[str]:
     """What the validator's report leaves unexplained, one phrase per kind of fault."""
     if state.get("truncated"):
         return []
@@ -33,38 +41,36 @@ def unaccounted(state: dict[str, Any], outcome: ValidationOutcome) -> list[str]:
         if old not in outcome.columns and new not in outcome.columns:
             missing.append(f"column {old} (renamed {new})")
     column_level = {c for c in schema.get("type_changes", []) if c in outcome.columns}
-    corrupted = state.get("corrupted") or {}
-    rows: dict[str, list[int]] = {}
-    for position, faults in zip(corrupted.get("positions", []), corrupted.get("faults", []), strict=True):
+    unexplained: dict[str, list[int]] = {}
+    pairs = zip(rows[tables.ROW_COLUMN].tolist(), rows[tables.FAULT_COLUMN].tolist(), strict=True) \
+        if rows is not None else []
+    for position, faults in pairs:
         kinds = [f for f in faults.split(",") if not (f.startswith("type_change:") and f.split(":")[1] in column_level)]
         if not kinds or position in outcome.rows or ("duplicates" in kinds and position - 1 in outcome.rows):
             continue
         for kind in kinds:
-            rows.setdefault(kind, []).append(position)
-    for kind, positions in sorted(rows.items()):
+            unexplained.setdefault(kind, []).append(position)
+    for kind, positions in sorted(unexplained.items()):
         shown = ", ".join(map(str, positions[:SHOWN])) + (", ..." if len(positions) > SHOWN else "")
         missing.append(f"{len(positions)} row(s) with {kind.replace(':', ' in ')} ({shown})")
     return missing
 
 
-def leaked(state: dict[str, Any], written: Any) -> tuple[int, list[int]]:
+def leaked(state: dict[str, Any], written: Any, rows: Any) -> tuple[int, list[int]]:
     """How many corrupted rows are in what the downstream step wrote, and which (their batch positions)."""
     import pandas as pd
 
-    corrupted = state.get("corrupted") or {}
-    if written is None or not corrupted.get("positions"):
+    if written is None or rows is None or not len(rows):
         return 0, []
-    columns = [c for c in state.get("fingerprint_columns") or []
-               if c in corrupted.get("columns", []) and c in written.schema.names]
+    columns = [c for c in state.get("fingerprint_columns") or [] if c in rows.columns and c in written.schema.names]
     if not columns:
         return 0, []
-    rows = pd.DataFrame(corrupted["values"], columns=corrupted["columns"])[columns]
-    rows = rows.where(rows != tables.NULL_TOKEN, None)
+    values = rows[columns].where(rows[columns] != tables.NULL_TOKEN, None)
     down = pd.Series(tables.fingerprints(written, columns)).value_counts()
     clean = _clean_counts(state, columns)
     found = []
-    for position, faults, mark in zip(corrupted["positions"], corrupted["faults"], tables.fingerprints(rows, columns),
-                                      strict=True):
+    for position, faults, mark in zip(rows[tables.ROW_COLUMN].tolist(), rows[tables.FAULT_COLUMN].tolist(),
+                                      tables.fingerprints(values, columns), strict=True):
         allowed = clean.get(mark, 0) if faults == "duplicates" else 0
         if int(down.get(mark, 0)) > allowed:
             found.append(position)
@@ -90,7 +96,8 @@ def judge(stage: Any, ctx: PhaseContext) -> Verdict:
     state = {**ctx.state, "run_key": ctx.run_key}
     path = state["batch"]["path"]
     result, outcome = stage._validate(path)
-    corrupted = len((state.get("corrupted") or {}).get("positions", []))
+    rows = corrupted_rows(state)
+    corrupted = (state.get("corrupted") or {}).get("rows", 0)
     evidence: dict[str, Any] = {"validator": outcome.summary(), "validator_exit_code": result.exit_code,
                                 "validator_stdout_tail": result.stdout[-OUTPUT_TAIL_CHARS:],
                                 "validator_stderr_tail": result.stderr[-OUTPUT_TAIL_CHARS:]}
@@ -100,7 +107,7 @@ def judge(stage: Any, ctx: PhaseContext) -> Verdict:
         problems.append(f"the validator accepted the corrupted batch (exit {result.exit_code}, {corrupted} corrupted "
                         "row(s))")
     else:
-        missing = unaccounted(state, outcome)
+        missing = unaccounted(state, outcome, rows)
         evidence["unaccounted"] = missing
         if missing:
             problems.append("the validator refused the batch, but its report does not account for "
@@ -109,7 +116,7 @@ def judge(stage: Any, ctx: PhaseContext) -> Verdict:
         down = stage._run(stage.downstream.command, path, stage.downstream.timeout_s,
                           {"MLCHAOS_VALIDATION_EXIT": str(result.exit_code)})
         written = stage._read_partition(state["batch"].get("value"))
-        count, positions = leaked(state, written)
+        count, positions = leaked(state, written, rows)
         metrics["leaked_rows"] = float(count)
         evidence.update(downstream_exit_code=down.exit_code, leaked_positions=positions[:100],
                         downstream_stderr_tail=down.stderr[-OUTPUT_TAIL_CHARS:])

@@ -209,13 +209,13 @@ class FeatureDrift(StageSpec):
                 f"steady state not met before the fault: the drift monitor flags {', '.join(sorted(flagged))} on the "
                 "clean batch. Nothing was broken: a monitor that fires on every batch shows nothing when it fires")
         ctx.save(batch={"name": name, "path": path, "store": store.url, "on_disk": on_disk, "digest": digest},
-                 columns=shape.schema.names)
+                 columns=shape.schema.names, shape=shape.as_dict())
         return {"batch": path, "rows": shape.total_rows, "steady_state": {"monitor_flags": []}}
 
     def inject(self, ctx: PhaseContext) -> dict[str, Any]:
         batch = ctx.state["batch"]
         store = CheckpointStore(batch["store"])
-        shape = self._shape(store, batch["path"])
+        shape = tables.BatchShape.from_dict(ctx.state["shape"])  # what snapshot read; inject checks it is unchanged
         shifts = [s.model_dump() for s in self.drift]
 
         def write_damage(source: str, staging: str) -> dict[str, Any]:

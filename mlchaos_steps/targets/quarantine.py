@@ -3,14 +3,16 @@ stage that breaks files needs (checkpoints, data batches).
 
 The original is moved into the store's quarantine through the ledger (write-ahead, digest-checked on
 stores without rename); a damaged copy is written beside the quarantine, its digest recorded, and only
-then put in place, so restore can always tell the stage's own damage from what someone else wrote.
+then put in place, so restore can always tell the stage's own damage from what someone else wrote. On a
+local disk a rename keeps what a file is (inode, size, mtime): restore recognises both the original and
+the damaged copy by that, without reading them again; elsewhere by digest.
 
 Example::
 
     with replaced(ctx, store, "quarantine-batch", victim, run_dir, write_damage=corrupt) as action:
         ...
     # restore, from the ledger alone:
-    put_back(store, action.undo, is_own_damage=lambda digest: digest == action.undo.get("damaged_digest"))
+    put_back(store, action.undo, is_own_damage=lambda digest: rewrite_and_compare(digest))
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def replace(ctx: PhaseContext, store: CheckpointStore, kind: str, victim: dict[s
     nothing: a delete). ``undo`` holds what restore needs beyond the paths and digest."""
     quarantine = store.quarantine_path(run_dir, victim["name"])
     undo = {**undo, "store": store.url, "original": victim["path"], "quarantine": quarantine,
-            "digest": victim["digest"]}
+            "digest": victim["digest"], "on_disk": victim["on_disk"]}
     # Time of check to time of use: the victim must still be what snapshot recorded and digested.
     store.check_unchanged(victim["path"], victim["on_disk"], victim["name"])
     store.make_quarantine(run_dir)
@@ -49,11 +51,24 @@ def replace(ctx: PhaseContext, store: CheckpointStore, kind: str, victim: dict[s
         if write_damage is not None:
             staging = quarantine + ".damaged"
             detail = write_damage(quarantine, staging)
-            action.undo = {**undo, **detail, "damaged_digest": store.digest(staging, check_kill_switch),
-                           "placing": True}
+            # Local: what the damaged copy is on disk (a rename keeps it), instead of reading it all again
+            # for a digest; restore recognises it by either.
+            mark = ({"damaged_on_disk": store.signature(staging)} if store.local
+                    else {"damaged_digest": store.digest(staging, check_kill_switch)})
+            action.undo = {**undo, **detail, **mark, "placing": True}
             ctx.ledger.mark_action(action, action.state, undo=action.undo)
             store.move(staging, victim["path"])
     return action
+
+
+def _unchanged(store: CheckpointStore, path: str, recorded: Any) -> bool:
+    """Local stores: is ``path`` still exactly what was recorded on disk (entries, sizes, mtimes, inodes)?"""
+    if not store.local or not recorded:
+        return False
+    try:
+        return store.signature(path) == recorded
+    except (OSError, ValueError):
+        return False
 
 
 def put_back(store: CheckpointStore, undo: dict[str, Any], is_own_damage: Callable[[str], bool]) -> dict[str, Any]:
@@ -68,6 +83,14 @@ def put_back(store: CheckpointStore, undo: dict[str, Any], is_own_damage: Callab
             store.remove(original)  # a copy of our staging cut short by a crash
         store.remove(staging)  # our damaged copy, never (fully) put in place
         result["removed_own_damage"] = True
+    if store.local and _unchanged(store, original, undo.get("damaged_on_disk")) \
+            and _unchanged(store, quarantine, undo.get("on_disk")):
+        # Both as this stage left them, inode for inode: remove its copy, rename the original back. No
+        # byte was written to either since (a write changes size or mtime), so no digest to recompute.
+        store.remove(original)
+        store.move(quarantine, original)
+        remove_empty_quarantine(store, quarantine)
+        return {**result, "removed_own_damage": True, "verified_on_disk": True}
     if store.exists(original):
         current = store.digest(original)
         if current == digest:
@@ -75,7 +98,8 @@ def put_back(store: CheckpointStore, undo: dict[str, Any], is_own_damage: Callab
                 store.remove(quarantine)  # verified duplicate of what is back in place
             remove_empty_quarantine(store, quarantine)
             return {**result, "note": "already in place, digest verified"}
-        if current == undo.get("damaged_digest") or is_own_damage(current):
+        if current == undo.get("damaged_digest") or _unchanged(store, original, undo.get("damaged_on_disk")) \
+                or is_own_damage(current):
             store.remove(original)  # the damaged copy this stage wrote
             result["removed_own_damage"] = True
         else:

@@ -103,6 +103,16 @@ class BatchShape:
     def total_rows(self) -> int:
         return sum(self.rows)
 
+    def as_dict(self) -> dict[str, Any]:
+        """Everything but the schema, as plain data (snapshot hands it to inject through the ledger)."""
+        return {"files": self.files, "rows": self.rows, "ranges": self.ranges, "labels": self.labels,
+                "moments": self.moments, "columns": list(self.schema.names) if self.schema is not None else []}
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BatchShape:
+        ranges = {k: (float(v[0]), float(v[1])) for k, v in data["ranges"].items()}
+        return cls(data["files"], data["rows"], None, ranges, data["labels"], data["moments"])
+
     def mean_std(self, column: str) -> tuple[float, float]:
         count, total, squares = self.moments.get(column, [0.0, 0.0, 0.0])
         if count < 2:
@@ -403,3 +413,23 @@ def sample_rows(table: Any, count: int, seed: int) -> Any:
     if table.num_rows <= count:
         return table
     return table.take(np.sort(np.random.default_rng(seed).choice(table.num_rows, count, replace=False)))
+
+
+def write_evidence(fs: Any, path: str, rows: Any) -> None:
+    """The corrupted rows (values as text, with their positions and faults) as one Parquet file."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = rows.to_pandas()
+    values = canonical(frame.drop(columns=[ROW_COLUMN, FAULT_COLUMN]))
+    values[ROW_COLUMN], values[FAULT_COLUMN] = frame[ROW_COLUMN].to_numpy(), frame[FAULT_COLUMN].to_numpy()
+    with fs.open(path, "wb") as handle:
+        pq.write_table(pa.Table.from_pandas(values, preserve_index=False), handle)
+
+
+def read_evidence(fs: Any, path: str) -> Any:
+    """The corrupted rows :func:`write_evidence` wrote, as a pandas DataFrame (values as text)."""
+    import pyarrow.parquet as pq
+
+    with fs.open(path, "rb") as handle:
+        return pq.read_table(handle).to_pandas()
