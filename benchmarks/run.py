@@ -644,7 +644,155 @@ def _chaos_run_terminate(work: Path, qty: int) -> float:
     return time.perf_counter() - t0
 
 
+DATA_ROWS = int(os.environ.get("MLCHAOS_BENCH_DATA_ROWS", "10000000"))
+DATA_GROUP_ROWS = 1_000_000
+
+
+def _write_big_batch(path: Path, rows: int) -> None:
+    """A churn-like Parquet file of ``rows`` rows (about 100 bytes a row: 10 million make ~1 GB), written a
+    row group of a million rows at a time."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    writer = None
+    for start in range(0, rows, DATA_GROUP_ROWS):
+        n = min(DATA_GROUP_ROWS, rows - start)
+        rng = np.random.default_rng(start)
+        columns = {"customer_id": np.arange(start, start + n), "age": rng.integers(18, 90, n),
+                   "income": rng.normal(55_000, 15_000, n), "zip": rng.integers(10_000, 99_999, n),
+                   "tenure": rng.integers(0, 60, n),
+                   "plan": rng.choice(["basic", "plus", "premium"], n, p=[0.6, 0.3, 0.1]),
+                   "churned": rng.integers(0, 2, n).astype(bool)}
+        columns.update({f"f{i}": rng.normal(size=n) for i in range(7)})
+        table = pa.table(columns)
+        writer = writer or pq.ParquetWriter(path, table.schema)
+        writer.write_table(table, row_group_size=DATA_GROUP_ROWS)
+    assert writer is not None
+    writer.close()
+
+
+def _plain_read_write(source: Path, dest: Path) -> float:
+    """The reference: pyarrow reads the file a row group at a time and writes it again."""
+    import pyarrow.parquet as pq
+
+    t0 = time.perf_counter()
+    parquet = pq.ParquetFile(source)
+    writer = None
+    for index in range(parquet.num_row_groups):
+        group = parquet.read_row_group(index)
+        writer = writer or pq.ParquetWriter(dest, group.schema)
+        writer.write_table(group)
+    if writer is not None:
+        writer.close()
+    seconds = time.perf_counter() - t0
+    dest.unlink()
+    return seconds
+
+
+PEAK_MEMORY_SCRIPT = """
+import json, sys, pyarrow as pa, pyarrow.parquet as pq, resource
+from mlchaos_steps.api import restore_run, run_phase
+from mlchaos_steps.stages import parse_stage
+stage = parse_stage(json.loads(sys.argv[1]))
+run_phase(stage, "snapshot", "peak")
+before = pa.default_memory_pool().max_memory()
+run_phase(stage, "inject", "peak")
+peak = pa.default_memory_pool().max_memory()
+restore_run("peak")
+group = pq.ParquetFile(sys.argv[2] + ".orig").read_row_group(0).nbytes
+print(json.dumps({"arrow_peak_bytes": peak, "arrow_peak_before_inject_bytes": before, "row_group_bytes": group,
+                  "max_rss_kib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+
+
+def data_corruption_10m() -> dict[str, Any]:
+    """Inject (nulls on 1% of the rows) on a 10-million-row Parquet partition, against a plain pyarrow read
+    and write of the same file, side by side; restore; peak Arrow memory against one row group."""
+    import pyarrow.parquet as pq
+
+    from mlchaos_steps.api import restore_run, run_phase
+    from mlchaos_steps.stages import parse_stage
+
+    _fresh_home()
+    root = Path(tempfile.mkdtemp(prefix="mlchaos-bench-data-"))
+    try:
+        batch = root / "features" / "date=20261206" / "part-0.parquet"
+        _write_big_batch(batch, DATA_ROWS)
+        shutil.copy(batch, str(batch) + ".orig")  # for the memory script's row-group size only
+        (root / "features" / "date=20261206" / "part-0.parquet.orig").rename(root / "part-0.parquet.orig")
+        doc = {"kind": "DataCorruption", "spec": {
+            "batch": {"store": (root / "features").as_uri(), "pattern": r"date=(\d{8})"},
+            "faults": [{"kind": "nulls", "columns": ["income"], "fraction": 0.01}], "seed": 7,
+            "validation": {"command": [sys.executable, "-c", "print('[]')"]}}}
+        stage = parse_stage(doc)
+        plain, inject, restore, snapshot = [], [], [], []
+        for i in range(REPEATS):
+            plain.append(_plain_read_write(batch, root / "plain.parquet"))
+            t0 = time.perf_counter()
+            run_phase(stage, "snapshot", f"data-{i}")
+            snapshot.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            run_phase(stage, "inject", f"data-{i}")
+            inject.append(time.perf_counter() - t0)
+            t0 = time.perf_counter()
+            restore_run(f"data-{i}")
+            restore.append(time.perf_counter() - t0)
+        ratio = [a / b for a, b in zip(inject, plain, strict=True)]
+        proc = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, json.dumps(doc), str(root / "part-0.parquet")],
+                              capture_output=True, text=True, check=True, env={**os.environ})
+        memory = json.loads(proc.stdout.strip().splitlines()[-1])
+        return {
+            "what": "inject phase of data-corruption (nulls on 1% of the rows of one column: the file moved into "
+                    "quarantine through the ledger, the corrupted copy written a row group at a time, the "
+                    "corrupted rows written beside it) against pyarrow reading and writing the same file a row "
+                    "group at a time, side by side in each repeat; restore = put the original back",
+            "rows": DATA_ROWS, "file_bytes": batch.stat().st_size,
+            "row_groups": pq.ParquetFile(batch).num_row_groups,
+            "inject_seconds": stats(inject, 3), "plain_read_write_seconds": stats(plain, 3),
+            "inject_over_plain": stats(ratio, 3), "target_ratio_max": 1.2,
+            "restore_seconds": stats(restore, 4), "target_restore_seconds_max": 0.05,
+            "snapshot_seconds_incl_digest_and_validator": stats(snapshot, 3),
+            "peak_memory": {**memory, "arrow_peak_over_row_group": round(memory["arrow_peak_bytes"]
+                                                                         / memory["row_group_bytes"], 2),
+                            "target_over_row_group_max": 2.0},
+        }
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def drift_measure_10m() -> dict[str, Any]:
+    """The stage's own measurement of the drift it injected (two-sample tests), on 10 million rows."""
+    import fsspec
+
+    from mlchaos_steps.targets import drift, tables
+
+    root = Path(tempfile.mkdtemp(prefix="mlchaos-bench-drift-"))
+    try:
+        clean, drifted = root / "clean.parquet", root / "drifted.parquet"
+        _write_big_batch(clean, DATA_ROWS)
+        fs = fsspec.filesystem("file")
+        shape = tables.describe_batch(fs, str(clean), ["plan"])
+        shifts = [{"kind": "mean_shift", "column": "income", "k": 0.5},
+                  {"kind": "swap_categories", "column": "plan", "a": "basic", "b": "premium"}]
+        drift.write_drifted(fs, str(clean), str(drifted), shifts, shape, seed=7)
+        seconds = []
+        for _ in range(REPEATS):
+            t0 = time.perf_counter()
+            measured = drift.measure(fs, str(clean), str(drifted), ["income", "plan"], seed=7)
+            seconds.append(time.perf_counter() - t0)
+        return {"what": "feature-drift's measurement of what it injected: the two columns read from both "
+                        "files, 200,000 rows sampled, Kolmogorov-Smirnov and chi-square (scipy)",
+                "rows": DATA_ROWS, "seconds": stats(seconds, 3), "target_seconds_max": 2.0,
+                "p_values": {k: v["p_value"] for k, v in measured.items()}}
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "data_corruption_10m": data_corruption_10m,
+    "drift_measure_10m": drift_measure_10m,
     "kube_pod_delete_1000": kube_pod_delete_1000,
     "argo_validate_500": argo_validate_500,
     "argo_inject_500": argo_inject_500,

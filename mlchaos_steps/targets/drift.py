@@ -84,7 +84,7 @@ def measure(fs: Any, clean: str, drifted: str, columns: list[str], seed: int) ->
     import pyarrow as pa
     from scipy import stats
 
-    before, after = tables.read_table(fs, clean).select(columns), tables.read_table(fs, drifted).select(columns)
+    before, after = tables.read_table(fs, clean, columns), tables.read_table(fs, drifted, columns)
     if before.num_rows > MEASURED_ROWS:
         rows = pa.array(np.sort(np.random.default_rng(seed).choice(before.num_rows, MEASURED_ROWS, replace=False)))
         before, after = before.take(rows), after.take(rows)

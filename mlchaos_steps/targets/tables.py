@@ -48,7 +48,7 @@ def batch_files(fs: Any, path: str) -> list[str]:
     return found
 
 
-def _read_whole(fs: Any, path: str) -> Any:
+def _read_whole(fs: Any, path: str, columns: list[str] | None = None) -> Any:
     import pyarrow.csv as pacsv
     import pyarrow.json as pajson
     import pyarrow.parquet as pq
@@ -56,18 +56,18 @@ def _read_whole(fs: Any, path: str) -> Any:
     fmt = table_format(path)
     with fs.open(path, "rb") as handle:
         if fmt == "parquet":
-            return pq.read_table(handle)
-        if fmt == "csv":
-            return pacsv.read_csv(handle)
-        return pajson.read_json(handle)
+            return pq.read_table(handle, columns=columns)
+        table = pacsv.read_csv(handle) if fmt == "csv" else pajson.read_json(handle)
+        return table.select(columns) if columns is not None else table
 
 
-def read_table(fs: Any, path: str) -> Any:
-    """A whole batch (every file of a partition, concatenated) as one pyarrow Table."""
+def read_table(fs: Any, path: str, columns: list[str] | None = None) -> Any:
+    """A whole batch (every file of a partition, concatenated) as one pyarrow Table; only ``columns``
+    when given (Parquet reads nothing else)."""
     import pyarrow as pa
 
     try:
-        tables = [_read_whole(fs, f) for f in batch_files(fs, path)]
+        tables = [_read_whole(fs, f, columns) for f in batch_files(fs, path)]
         return pa.concat_tables(tables, promote_options="permissive") if len(tables) > 1 else tables[0]
     except (OSError, ValueError, TypeError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         if isinstance(exc, NotATable):
@@ -283,8 +283,10 @@ def corrupt_group(group: Any, offset: int, plan: Plan, written: int) -> tuple[An
     copies = np.array([], dtype=np.int64)
     if plan.duplicates is not None:
         copies = plan.duplicates[(plan.duplicates >= offset) & (plan.duplicates < offset + group.num_rows)] - offset
+    if len(copies):  # a take copies the whole group: only when there are rows to repeat
         order = np.sort(np.concatenate([order, copies]), kind="stable")
-    damaged = _apply_schema(damaged.take(pa.array(order)), plan)
+        damaged = damaged.take(pa.array(order))
+    damaged = _apply_schema(damaged, plan)
     # Where each original row landed: the first of its copies; a duplicate is the second.
     first = np.searchsorted(order, np.arange(group.num_rows), side="left")
     marks: dict[int, list[str]] = {int(first[row]): kinds for row, kinds in hit.items()}
