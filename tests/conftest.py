@@ -201,6 +201,16 @@ def cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedPr
     return subprocess.CompletedProcess(["mlchaos", *args], code, out.getvalue(), err.getvalue())
 
 
+def assert_refused_untouched(doc: dict[str, Any], field: str, root: Path, tmp_path: Path) -> str:
+    """``mlchaos run`` refuses the stage with exit 2, naming ``field``, and nothing under ``root`` changed."""
+    before = tree_digests(root)
+    proc = cli("run", str(write_stage(tmp_path / "bad.yaml", doc)))
+    assert proc.returncode == 2, (proc.stdout, proc.stderr)
+    assert field in proc.stderr, proc.stderr
+    assert tree_digests(root) == before
+    return proc.stderr
+
+
 def cli_json(*args: str, **kw: Any) -> tuple[int, Any]:
     proc = cli(*args, "--json", **kw)
     assert proc.stdout.strip(), f"no output; stderr: {proc.stderr}"

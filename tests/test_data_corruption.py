@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import tree_digests, write_stage
+from conftest import assert_refused_untouched, tree_digests
 
 from mlchaos_steps.api import run_stage
 from mlchaos_steps.examples import churn_pipeline
@@ -177,34 +177,22 @@ def test_an_existing_training_set_is_backed_up_and_put_back(data: Path) -> None:
     (lambda s: s["batch"].update(pattern=r"(\d+)\.txt"), "spec.batch.pattern"),
 ], ids=["unknown-column", "zero-fraction", "fraction-above-one", "max-fraction", "no-batch"])
 def test_bad_data_corruption_specs(data: Path, tmp_path: Path, change: Any, field: str) -> None:
-    from conftest import cli
-
     doc = _doc(data)
     change(doc["spec"])
-    before = tree_digests(data)
-    proc = cli("run", str(write_stage(tmp_path / "bad.yaml", doc)))
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert field in proc.stderr, proc.stderr
-    assert tree_digests(data) == before
+    assert_refused_untouched(doc, field, data, tmp_path)
 
 
 def test_a_batch_that_is_not_a_table_is_refused(data: Path, tmp_path: Path) -> None:
-    from conftest import cli
-
     (data / "parquet" / "date=20261203").mkdir()
     (data / "parquet" / "date=20261203" / "notes.txt").write_text("not a table")
-    proc = cli("run", str(write_stage(tmp_path / "bad.yaml", _doc(data))))
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert "spec.batch" in proc.stderr and "Parquet, CSV or JSON lines" in proc.stderr
+    message = assert_refused_untouched(_doc(data), "spec.batch", data, tmp_path)
+    assert "Parquet, CSV or JSON lines" in message
 
 
 def test_a_store_outside_the_allowlist_is_refused(data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from conftest import cli
-
     monkeypatch.setenv("MLCHAOS_ALLOWED_PATHS", str(tmp_path / "elsewhere"))
-    proc = cli("run", str(write_stage(tmp_path / "bad.yaml", _doc(data))))
-    assert proc.returncode == 2, (proc.stdout, proc.stderr)
-    assert "spec.batch" in proc.stderr and "MLCHAOS_ALLOWED_PATHS" in proc.stderr
+    message = assert_refused_untouched(_doc(data), "spec.batch", data, tmp_path)
+    assert "MLCHAOS_ALLOWED_PATHS" in message
 
 
 def test_restore_after_a_crash_recognises_its_own_corrupted_copy(data: Path, mlchaos_home: Path) -> None:

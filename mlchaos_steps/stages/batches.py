@@ -1,5 +1,5 @@
-"""Which data batch a data stage works on: spec part and resolution, shared by data-corruption and
-feature-drift.
+"""Which data batch a data stage works on: spec part, resolution, and the base of the stages that break
+a batch (data-corruption, feature-drift).
 
 Example::
 
@@ -15,7 +15,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mlchaos_steps.core.spec import StrictModel
+from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.errors import SafetyError, SpecError
 from mlchaos_steps.stages.parts import step_pattern, store_url
 from mlchaos_steps.targets.checkpoints import CheckpointStore
@@ -64,3 +64,14 @@ def resolve_batch(batch: BatchSelector) -> tuple[CheckpointStore, str, str, str 
     chosen = found[-1] if batch.pick == "newest" else found[0]
     match = re.fullmatch(batch.pattern or "", chosen.name)
     return store, chosen.path, chosen.name, match.group(1) if match else None
+
+
+class BatchStage(StageSpec):
+    """A stage that breaks one data batch: which batch, the seed of what it does to it, and the target it
+    serialises on (the folder of batches, or the batch)."""
+
+    batch: BatchSelector
+    seed: int = Field(default=0, ge=0, le=2**32 - 1, description="the same seed and batch break the same rows")
+
+    def target_ids(self) -> list[str]:
+        return [f"data-batch:{(self.batch.path or self.batch.store or '').rstrip('/')}"]

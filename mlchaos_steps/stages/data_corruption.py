@@ -39,11 +39,11 @@ from pydantic import Field, ValidationInfo, field_validator, model_validator
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch, run_dir_name
 from mlchaos_steps.core.processes import CommandResult, run_command
 from mlchaos_steps.core.records import Action
-from mlchaos_steps.core.spec import StageSpec, StrictModel
+from mlchaos_steps.core.spec import StrictModel
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
 from mlchaos_steps.stages import data_verdict
-from mlchaos_steps.stages.batches import BatchSelector, resolve_batch
+from mlchaos_steps.stages.batches import BatchStage, resolve_batch
 from mlchaos_steps.stages.parts import argument_list, check_runnable, environment, step_pattern, store_url
 from mlchaos_steps.stages.validation_reports import ReportFormat, ValidationOutcome, parse_report
 from mlchaos_steps.targets import quarantine, tables
@@ -155,7 +155,7 @@ class DownstreamSpec(StrictModel):
     _command = field_validator("command", mode="before")(argument_list)
 
 
-class DataCorruption(StageSpec):
+class DataCorruption(BatchStage):
     """Corrupt rows of a data batch (nulls, out-of-range values, type changes, duplicates, label flips,
     schema changes, truncation)."""
 
@@ -163,9 +163,7 @@ class DataCorruption(StageSpec):
     stage_id: ClassVar[str] = "data-corruption"
     title: ClassVar[str] = "Data corruption"
 
-    batch: BatchSelector
     faults: list[Fault] = Field(min_length=1)
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     max_fraction: Fraction = Field(default=0.2, description="the most rows the faults together may touch")
     validation: ValidationSpec
     downstream: DownstreamSpec | None = None
@@ -187,9 +185,6 @@ class DataCorruption(StageSpec):
             raise ValueError("needs batch.store and batch.pattern: the downstream partition is the one whose "
                              "pattern group equals the batch's")
         return value
-
-    def target_ids(self) -> list[str]:
-        return [f"data-batch:{(self.batch.path or self.batch.store or '').rstrip('/')}"]
 
     def describe(self) -> str:
         return f"{', '.join(f.kind for f in self.faults)} in {self.batch.path or self.batch.store}"
@@ -367,10 +362,12 @@ class DataCorruption(StageSpec):
         undo = action.undo
         if action.kind == "downstream-partition":
             return _restore_partition(undo, ctx)
+        started = time.perf_counter()
         store = CheckpointStore(undo["store"])
         if undo.get("evidence") and store.exists(undo["evidence"]):
             store.remove(undo["evidence"])  # the corrupted rows, a by-product of this run
-        return quarantine.put_back(store, undo, lambda current: _is_own_damage(store, undo, current))
+        result = quarantine.put_back(store, undo, lambda current: _is_own_damage(store, undo, current))
+        return {**result, "seconds": round(time.perf_counter() - started, 6)}
 
 
 def _is_own_damage(store: CheckpointStore, undo: dict[str, Any], current: str) -> bool:

@@ -40,10 +40,10 @@ from pydantic import Field, field_validator
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch, run_dir_name
 from mlchaos_steps.core.processes import CommandResult, run_command
 from mlchaos_steps.core.records import Action
-from mlchaos_steps.core.spec import StageSpec, StrictModel
+from mlchaos_steps.core.spec import StrictModel
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
-from mlchaos_steps.stages.batches import BatchSelector, resolve_batch
+from mlchaos_steps.stages.batches import BatchStage, resolve_batch
 from mlchaos_steps.stages.parts import argument_list, check_runnable, environment
 from mlchaos_steps.stages.validation_reports import last_json
 from mlchaos_steps.targets import drift as shifting
@@ -118,16 +118,14 @@ class MonitorSpec(StrictModel):
     _env = field_validator("env", mode="before")(environment)
 
 
-class FeatureDrift(StageSpec):
+class FeatureDrift(BatchStage):
     """Shift the distribution of chosen features of a data batch."""
 
     kind: ClassVar[str] = "FeatureDrift"
     stage_id: ClassVar[str] = "feature-drift"
     title: ClassVar[str] = "Feature drift"
 
-    batch: BatchSelector
     drift: list[Shift] = Field(min_length=1)
-    seed: int = Field(default=0, ge=0, le=2**32 - 1)
     alpha: float = Field(default=0.01, gt=0, lt=0.5, description="significance of the stage's own drift test")
     monitor: MonitorSpec
     detection_slo_s: float = Field(default=300, gt=0, description="the monitor must flag the drift within this")
@@ -140,9 +138,6 @@ class FeatureDrift(StageSpec):
         if twice:
             raise ValueError(f"{', '.join(twice)} shifted more than once: one shift per column")
         return value
-
-    def target_ids(self) -> list[str]:
-        return [f"data-batch:{(self.batch.path or self.batch.store or '').rstrip('/')}"]
 
     def describe(self) -> str:
         return f"drift on {', '.join(s.column for s in self.drift)} in {self.batch.path or self.batch.store}"

@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import contextlib
 import posixpath
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -82,10 +83,21 @@ def row_groups(fs: Any, path: str) -> Iterator[Any]:
     if table_format(path) != "parquet":
         yield _read_whole(fs, path)
         return
+    if _local(fs):  # Arrow's own file reader: no Python file object in between
+        parquet = pq.ParquetFile(path)
+        for index in range(parquet.num_row_groups):
+            yield parquet.read_row_group(index)
+        return
     with fs.open(path, "rb") as handle:
         parquet = pq.ParquetFile(handle)
         for index in range(parquet.num_row_groups):
             yield parquet.read_row_group(index)
+
+
+def _local(fs: Any) -> bool:
+    from fsspec.implementations.local import LocalFileSystem
+
+    return isinstance(fs, LocalFileSystem)
 
 
 @dataclass
@@ -358,7 +370,9 @@ def write_transformed(fs: Any, source: str, dest: str, transform: Transform, che
         out = dest if file == base else posixpath.join(dest, posixpath.relpath(file, base))
         fs.makedirs(posixpath.dirname(out), exist_ok=True)
         writer = None
-        with fs.open(out, "wb") as handle:
+        # Local Parquet: Arrow writes the file itself (no Python file object in between).
+        native = _local(fs) and table_format(file) == "parquet"
+        with contextlib.nullcontext(out) if native else fs.open(out, "wb") as handle:
             for group in row_groups(fs, file):
                 if check is not None:
                     check()
