@@ -364,9 +364,10 @@ class DataCorruption(BatchStage):
             return _restore_partition(undo, ctx)
         started = time.perf_counter()
         store = CheckpointStore(undo["store"])
+        result = quarantine.put_back(store, undo, lambda current: _is_own_damage(store, undo, current))
         if undo.get("evidence") and store.exists(undo["evidence"]):
             store.remove(undo["evidence"])  # the corrupted rows, a by-product of this run
-        result = quarantine.put_back(store, undo, lambda current: _is_own_damage(store, undo, current))
+            quarantine.remove_empty_quarantine(store, undo["evidence"])
         return {**result, "seconds": round(time.perf_counter() - started, 6)}
 
 

@@ -21,7 +21,7 @@ SHOWN = 8
 
 
 def corrupted_rows(state: dict[str, Any]) -> Any:
-    """The corrupted rows inject recorded beside the backup (a DataFrame; values as text), or None."""
+    """The corrupted rows inject recorded beside the backup (a DataFrame), or None."""
     path = (state.get("corrupted") or {}).get("evidence")
     if not path:
         return None
@@ -65,7 +65,7 @@ def leaked(state: dict[str, Any], written: Any, rows: Any) -> tuple[int, list[in
     columns = [c for c in state.get("fingerprint_columns") or [] if c in rows.columns and c in written.schema.names]
     if not columns:
         return 0, []
-    values = rows[columns].where(rows[columns] != tables.NULL_TOKEN, None)
+    values = rows[columns]
     down = pd.Series(tables.fingerprints(written, columns)).value_counts()
     clean = _clean_counts(state, columns)
     found = []

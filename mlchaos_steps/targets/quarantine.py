@@ -75,22 +75,23 @@ def put_back(store: CheckpointStore, undo: dict[str, Any], is_own_damage: Callab
     """Restore one replaced file or folder from the ledger's ``undo``; idempotent, and safe after a crash
     of any phase. ``is_own_damage(digest)``: whether what is at the original path now is the stage's own
     damaged copy (removed); anything else there is foreign and kept in quarantine as evidence."""
+    started = time.perf_counter()
     original, quarantine, digest = undo["original"], undo["quarantine"], undo["digest"]
-    staging = quarantine + ".damaged"
+    staging, trash = quarantine + ".damaged", quarantine + ".removing"
     result: dict[str, Any] = {"original": original}
-    if store.exists(staging):
-        if undo.get("placing") and store.exists(original) and not store.local:
-            store.remove(original)  # a copy of our staging cut short by a crash
-        store.remove(staging)  # our damaged copy, never (fully) put in place
-        result["removed_own_damage"] = True
+    _clear_leftovers(store, undo, staging, trash, result)
     if store.local and _unchanged(store, original, undo.get("damaged_on_disk")) \
             and _unchanged(store, quarantine, undo.get("on_disk")):
-        # Both as this stage left them, inode for inode: remove its copy, rename the original back. No
-        # byte was written to either since (a write changes size or mtime), so no digest to recompute.
-        store.remove(original)
+        # Both as this stage left them, inode for inode: no byte was written to either since (a write
+        # changes size or mtime), so no digest to recompute. Two renames make the store whole; deleting
+        # the damaged copy (slow for a large file) comes after.
+        store.move(original, trash)
         store.move(quarantine, original)
+        whole_after_s = time.perf_counter() - started
+        store.remove(trash)
         remove_empty_quarantine(store, quarantine)
-        return {**result, "removed_own_damage": True, "verified_on_disk": True}
+        return {**result, "removed_own_damage": True, "verified_on_disk": True,
+                "whole_after_s": round(whole_after_s, 6)}
     if store.exists(original):
         current = store.digest(original)
         if current == digest:
@@ -116,6 +117,19 @@ def put_back(store: CheckpointStore, undo: dict[str, Any], is_own_damage: Callab
     store.move(quarantine, original, expected_digest=digest)
     remove_empty_quarantine(store, quarantine)
     return {**result, "digest_verified": True}
+
+
+def _clear_leftovers(store: CheckpointStore, undo: dict[str, Any], staging: str, trash: str,
+                     result: dict[str, Any]) -> None:
+    """What a crash left of this stage's own damaged copy: renamed aside by a restore, or never (fully)
+    put in place."""
+    if store.exists(trash):
+        store.remove(trash)
+    if store.exists(staging):
+        if undo.get("placing") and store.exists(undo["original"]) and not store.local:
+            store.remove(undo["original"])  # a copy of our staging cut short by a crash
+        store.remove(staging)
+        result["removed_own_damage"] = True
 
 
 def remove_empty_quarantine(store: CheckpointStore, quarantine: str) -> None:

@@ -83,8 +83,8 @@ def row_groups(fs: Any, path: str) -> Iterator[Any]:
     if table_format(path) != "parquet":
         yield _read_whole(fs, path)
         return
-    if _local(fs):  # Arrow's own file reader: no Python file object in between
-        parquet = pq.ParquetFile(path)
+    if _local(fs):  # Arrow's own file, memory-mapped: no Python file object, no copy of the compressed pages
+        parquet = pq.ParquetFile(path, memory_map=True)
         for index in range(parquet.num_row_groups):
             yield parquet.read_row_group(index)
         return
@@ -300,7 +300,7 @@ def corrupt_group(group: Any, offset: int, plan: Plan, written: int) -> tuple[An
         damaged = damaged.take(pa.array(order))
     damaged = _apply_schema(damaged, plan)
     # Where each original row landed: the first of its copies; a duplicate is the second.
-    first = np.searchsorted(order, np.arange(group.num_rows), side="left")
+    first = np.searchsorted(order, np.arange(group.num_rows), side="left") if len(copies) else order
     marks: dict[int, list[str]] = {int(first[row]): kinds for row, kinds in hit.items()}
     for row in copies.tolist():
         marks.setdefault(int(first[row]) + 1, []).append("duplicates")
@@ -432,19 +432,15 @@ def sample_rows(table: Any, count: int, seed: int) -> Any:
 
 
 def write_evidence(fs: Any, path: str, rows: Any) -> None:
-    """The corrupted rows (values as text, with their positions and faults) as one Parquet file."""
-    import pyarrow as pa
+    """The corrupted rows (as written, with their positions and faults) as one Parquet file."""
     import pyarrow.parquet as pq
 
-    frame = rows.to_pandas()
-    values = canonical(frame.drop(columns=[ROW_COLUMN, FAULT_COLUMN]))
-    values[ROW_COLUMN], values[FAULT_COLUMN] = frame[ROW_COLUMN].to_numpy(), frame[FAULT_COLUMN].to_numpy()
     with fs.open(path, "wb") as handle:
-        pq.write_table(pa.Table.from_pandas(values, preserve_index=False), handle)
+        pq.write_table(rows, handle)
 
 
 def read_evidence(fs: Any, path: str) -> Any:
-    """The corrupted rows :func:`write_evidence` wrote, as a pandas DataFrame (values as text)."""
+    """The corrupted rows :func:`write_evidence` wrote, as a pandas DataFrame."""
     import pyarrow.parquet as pq
 
     with fs.open(path, "rb") as handle:
