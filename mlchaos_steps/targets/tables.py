@@ -383,6 +383,7 @@ def write_transformed(fs: Any, source: str, dest: str, transform: Transform, che
                     evidence.append(rows)
                 offset += group.num_rows
                 written += damaged.num_rows
+                del group, damaged  # before the next group is read: one group in memory at a time
             if writer is not None:
                 writer.close()
     return pa.concat_tables(evidence, promote_options="permissive") if evidence else None
