@@ -175,7 +175,10 @@ def test_an_existing_training_set_is_backed_up_and_put_back(data: Path) -> None:
     (lambda s: s["faults"][0].update(fraction=1.5), "spec.faults.0.nulls.fraction"),
     (lambda s: s.update(max_fraction=0.05), "spec.max_fraction"),
     (lambda s: s["batch"].update(pattern=r"(\d+)\.txt"), "spec.batch.pattern"),
-], ids=["unknown-column", "zero-fraction", "fraction-above-one", "max-fraction", "no-batch"])
+    (lambda s: s["batch"].update(store=s["batch"]["store"] + "-gone"), "spec.batch.store: "),
+    (lambda s: s["downstream"].update(store=s["downstream"]["store"] + "-gone"), "spec.downstream.store: "),
+], ids=["unknown-column", "zero-fraction", "fraction-above-one", "max-fraction", "no-batch", "no-store",
+        "no-downstream-store"])
 def test_bad_data_corruption_specs(data: Path, tmp_path: Path, change: Any, field: str) -> None:
     doc = _doc(data)
     change(doc["spec"])

@@ -16,7 +16,7 @@ from typing import Literal
 from pydantic import Field, field_validator, model_validator
 
 from mlchaos_steps.core.spec import StageSpec, StrictModel
-from mlchaos_steps.errors import SafetyError, SpecError
+from mlchaos_steps.errors import SpecError
 from mlchaos_steps.stages.parts import step_pattern, store_url
 from mlchaos_steps.targets.checkpoints import CheckpointStore
 
@@ -46,18 +46,15 @@ class BatchSelector(StrictModel):
 def resolve_batch(batch: BatchSelector) -> tuple[CheckpointStore, str, str, str | None]:
     """(the store holding the batch, the batch's path, its name, its pattern group). Bad input names
     ``spec.batch``."""
-    try:
-        if batch.path is not None:
-            parent, name = posixpath.split(batch.path.rstrip("/"))
-            store = CheckpointStore(parent)
-            path = store.join(name)
-            if not store.exists(path):
-                raise SpecError("spec.batch.path", f"{batch.path} does not exist: point it at a batch")
-            return store, path, name, None
-        store = CheckpointStore(batch.store or "")
-        found = store.checkpoints(batch.pattern or "")
-    except SafetyError as exc:
-        raise SafetyError("spec.batch", str(exc).split(": ", 1)[-1]) from None
+    if batch.path is not None:
+        parent, name = posixpath.split(batch.path.rstrip("/"))
+        store = CheckpointStore(parent, field="spec.batch.path")
+        path = store.join(name)
+        if not store.exists(path):
+            raise SpecError("spec.batch.path", f"{batch.path} does not exist: point it at a batch")
+        return store, path, name, None
+    store = CheckpointStore(batch.store or "", field="spec.batch.store")
+    found = store.checkpoints(batch.pattern or "", field="spec.batch.pattern")
     if not found:
         raise SpecError("spec.batch.pattern", f"no child of {batch.store} matches {batch.pattern!r}: "
                                               "check the pattern (it must match whole names)")

@@ -244,8 +244,8 @@ class DataCorruption(BatchStage):
 
     def _partition(self, value: str | None) -> tuple[CheckpointStore, list[Any]]:
         assert self.downstream is not None
-        store = CheckpointStore(self.downstream.store)
-        found = [c for c in store.checkpoints(self.downstream.pattern)
+        store = CheckpointStore(self.downstream.store, field="spec.downstream.store")
+        found = [c for c in store.checkpoints(self.downstream.pattern, field="spec.downstream.pattern")
                  if (m := re.fullmatch(self.downstream.pattern, c.name)) and m.group(1) == value]
         return store, found
 
@@ -325,7 +325,7 @@ class DataCorruption(BatchStage):
         _, found = self._partition(value)
         if not found:
             return None
-        store = CheckpointStore(self.downstream.store)  # type: ignore[union-attr]
+        store = CheckpointStore(self.downstream.store, field="spec.downstream.store")  # type: ignore[union-attr]
         return tables.read_table(store.fs, found[-1].path)
 
     def inject(self, ctx: PhaseContext) -> dict[str, Any]:

@@ -67,8 +67,8 @@ class PodResume(StrictModel):
 
 
 def _checkpoints(resume: PodResume) -> tuple[CheckpointStore, list[Any]]:
-    store = CheckpointStore(resume.store)
-    return store, store.checkpoints(resume.pattern)
+    store = CheckpointStore(resume.store, field="spec.resume.store")
+    return store, store.checkpoints(resume.pattern, field="spec.resume.pattern")
 
 
 def at_fault(resume: PodResume) -> dict[str, Any]:

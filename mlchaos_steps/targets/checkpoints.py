@@ -85,15 +85,16 @@ class CheckpointStore:
         newest = store.checkpoints(r"step-(\\d+)")[-1]
     """
 
-    def __init__(self, url: str):
+    def __init__(self, url: str, field: str = "spec.store"):
         import fsspec
         from fsspec.implementations.local import LocalFileSystem
 
-        check_store_url(url)
+        self.field = field  # the spec field that names this store, in every error about it
+        check_store_url(url, field)
         try:
             self.fs, root = fsspec.core.url_to_fs(url)
         except (ImportError, ValueError) as exc:
-            raise SpecError("spec.store", f"cannot open {url!r}: {exc}") from None
+            raise SpecError(self.field, f"cannot open {url!r}: {exc}") from None
         self.url = url
         self.local = isinstance(self.fs, LocalFileSystem)
         self.root = root.rstrip("/") or "/"
@@ -101,25 +102,25 @@ class CheckpointStore:
         if self.local:
             real = os.path.realpath(self.root)
             if _refused_local_path(real) or real == str(Path.home()):
-                raise SafetyError("spec.store", f"{url!r} resolves to {real}, which is not allowed: "
+                raise SafetyError(self.field, f"{url!r} resolves to {real}, which is not allowed: "
                                                 "point it at the folder that holds your checkpoints")
             if allowed is not None and not any(Path(real).is_relative_to(a) for a in allowed.paths):
-                raise SafetyError("spec.store", f"{real} is outside MLCHAOS_ALLOWED_PATHS: add it there or "
+                raise SafetyError(self.field, f"{real} is outside MLCHAOS_ALLOWED_PATHS: add it there or "
                                                 "choose a store inside the allowed paths")
             self.real_root = real
         elif allowed is not None and not any(url.rstrip("/") == p or url.startswith(p + "/") for p in allowed.urls):
-            raise SafetyError("spec.store", f"{url} is outside MLCHAOS_ALLOWED_PATHS: add its URL prefix there "
+            raise SafetyError(self.field, f"{url} is outside MLCHAOS_ALLOWED_PATHS: add its URL prefix there "
                                             "(e.g. s3://bucket/checkpoints) or choose a store inside it")
         if not self.fs.isdir(self.root):
-            raise SpecError("spec.store", f"{url!r} is not a folder: point it at the folder that holds your "
+            raise SpecError(self.field, f"{url!r} is not a folder: point it at the folder that holds your "
                                           "checkpoints")
 
     def join(self, *parts: str) -> str:
         return posixpath.join(self.root, *parts)
 
     # -- reading ----------------------------------------------------------------------------------
-    def checkpoints(self, pattern: str) -> list[Checkpoint]:
-        """Direct children whose names fully match ``pattern``, oldest first by step."""
+    def checkpoints(self, pattern: str, field: str = "spec.pattern") -> list[Checkpoint]:
+        """Direct children whose names fully match ``pattern`` (the spec's ``field``), oldest first by step."""
         regex = re.compile(pattern)
         found = []
         for info in self.fs.ls(self.root, detail=True):
@@ -130,7 +131,7 @@ class CheckpointStore:
             path = self.join(name)
             self.check_confined(path)
             if not match.group(1) or not match.group(1).isdigit():
-                raise SpecError("spec.pattern", f"group 1 of {pattern!r} captured {match.group(1)!r} in {name!r}: it "
+                raise SpecError(field, f"group 1 of {pattern!r} captured {match.group(1)!r} in {name!r}: it "
                                                 "must capture the step number's digits, e.g. 'step-(\\d+)'")
             found.append(Checkpoint(name, int(match.group(1)), path, info["type"] == "directory"))
         return sorted(found, key=lambda c: (c.step, c.name))
@@ -148,7 +149,7 @@ class CheckpointStore:
                 target = os.path.realpath(candidate)
                 if not (target == self.real_root or target.startswith(self.real_root + os.sep)):
                     raise SafetyError(
-                        "spec.store",
+                        self.field,
                         f"{candidate} is a symlink to {target}, outside the store {self.real_root}: "
                         "chaos stays inside the store; remove the link or point the store elsewhere",
                     )
@@ -193,7 +194,7 @@ class CheckpointStore:
             except FileExistsError:
                 pass
             if os.path.islink(path) or not os.path.isdir(path):
-                raise SafetyError("spec.store", f"{path} is a link or not a folder: mlchaos creates its "
+                raise SafetyError(self.field, f"{path} is a link or not a folder: mlchaos creates its "
                                                 "quarantine itself; remove it and run the stage again")
 
     def signature(self, path: str) -> list[list[Any]]:
@@ -205,7 +206,7 @@ class CheckpointStore:
         base = path.rstrip("/")
         st = os.lstat(base)
         if os.path.islink(base):
-            raise SafetyError("spec.store", f"{base} is a symlink: chaos never breaks a link's target; point the "
+            raise SafetyError(self.field, f"{base} is a symlink: chaos never breaks a link's target; point the "
                                             "stage at real checkpoints")
         # A folder's own mtime may change when it is renamed into quarantine (its '..' entry): its
         # entries say what it holds.
@@ -221,7 +222,7 @@ class CheckpointStore:
                     if os.path.islink(full):
                         target = os.path.realpath(full)
                         if not (target == base or target.startswith(base + os.sep)):
-                            raise SafetyError("spec.store", f"{full} links to {target}, outside its checkpoint "
+                            raise SafetyError(self.field, f"{full} links to {target}, outside its checkpoint "
                                                             f"{base}: remove the link or point the store elsewhere")
                         entry.append(os.readlink(full))
                     entries.append(entry)
