@@ -103,6 +103,24 @@ def test_insert_between_two_tasks(airflow_db: Path, store: Path) -> None:
     assert str(run_dag(dag).state) == "success"
 
 
+@pytest.mark.parametrize("name", ["data_corruption", "feature_drift"])
+def test_insert_chaos_places_the_data_stages_like_the_others(name: str) -> None:
+    """The data stages' files of dags/stages, inserted into a plain DAG at parse time."""
+    import yaml
+
+    from mlchaos_steps.airflow import insert_chaos
+
+    dag = _plain_dag(f"insert_{name}")
+    group = name.replace("_", "-")
+    text = (Path(__file__).parent.parent / "dags" / "stages" / f"{name}.yaml").read_text()
+    for template, value in {"{{ params.workdir }}": "/data", "{{ dag.dag_id }}": dag.dag_id,
+                            "{{ python }}": sys.executable, "{{ params.broken }}": "false"}.items():
+        text = text.replace(template, value)
+    insert_chaos(dag, after="prepare", before="train", stage=yaml.safe_load(text))
+    assert dag.task_dict["prepare"].downstream_task_ids == {f"{group}.snapshot"}
+    assert "train" in dag.task_dict[f"{group}.verify"].downstream_task_ids
+
+
 def test_insert_errors_name_dag_task_and_field(store: Path) -> None:
     from mlchaos_steps.airflow import insert_chaos
     from mlchaos_steps.errors import SpecError

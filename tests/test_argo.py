@@ -261,6 +261,24 @@ def test_every_kind_takes_a_stage(kind: str, stage_file: Path, tmp_path: Path) -
     assert "chaos-checkpoint-wipe" in [t["name"] for t in spec["templates"][0]["dag"]["tasks"]]
 
 
+@pytest.mark.parametrize("name", ["data_corruption", "feature_drift"])
+def test_the_data_stages_are_injected_like_the_others(name: str, tmp_path: Path) -> None:
+    """`mlchaos argo inject` places the data stages' files (those of workflows/stages) like any stage."""
+    diamond = yaml.safe_load((EXAMPLES / "dag-diamond.yaml").read_text())
+    diamond["spec"]["arguments"] = {"parameters": [{"name": "workdir", "value": "/mnt/examples"},
+                                                   {"name": "broken", "value": "false"}]}
+    source = tmp_path / "diamond.yaml"
+    source.write_text(yaml.safe_dump(diamond))
+    out = tmp_path / "out.yaml"
+    stage = ROOT / "workflows" / "stages" / f"{name}.yaml"
+    done = cli("argo", "inject", str(source), "--after", "B", "--stage", str(stage), "-o", str(out))
+    assert done.returncode == 0, done.stdout + done.stderr
+    document = yaml.safe_load(out.read_text())
+    accepted_by_both(document, tmp_path / "checked.yaml")
+    tasks = [t["name"] for t in document["spec"]["templates"][0]["dag"]["tasks"]]
+    assert f"chaos-{name.replace('_', '-')}" in tasks, tasks
+
+
 # -- refusals: exit 2, the file and what to do, the input untouched, nothing written --------------------
 def _refusal(tmp_path: Path, document: dict[str, Any], stage_file: Path, *flags: str) -> str:
     source = tmp_path / "in.yaml"
