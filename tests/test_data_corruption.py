@@ -139,6 +139,19 @@ def test_leaks_within_the_budget_pass(data: Path) -> None:
     assert outcome.verdict.metrics["leaked_rows"] == 2
 
 
+def test_a_step_that_rescales_columns_in_place_is_followed_by_key(data: Path) -> None:
+    """The training set keeps customer_id but rescales income in place: rows are not found over the
+    batch's columns (inconclusive, nothing broken), but by key they are — healthy passes, leaky fails."""
+    outcome = _run(_doc(data, prepare="scale"), "scaled-no-key", data)
+    assert outcome.verdict.status == "inconclusive", outcome.verdict
+    assert "set spec.key" in outcome.verdict.reason
+    outcome = _run(_doc(data, prepare="scale", key=["customer_id"]), "scaled-key", data)
+    assert outcome.verdict.status == "passed", outcome.verdict
+    outcome = _run(_doc(data, prepare="scale-ignore-validation", key=["customer_id"]), "scaled-leaky", data)
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert outcome.verdict.metrics["leaked_rows"] == outcome.verdict.metrics["corrupted_rows"]
+
+
 # -- steady state: inconclusive, nothing broken ----------------------------------------------------
 def test_a_validator_that_fails_everything_is_inconclusive_before_anything_breaks(data: Path) -> None:
     outcome = _run(_doc(data, validator="fail-all"), "fail-all", data)
@@ -177,8 +190,9 @@ def test_an_existing_training_set_is_backed_up_and_put_back(data: Path) -> None:
     (lambda s: s["batch"].update(pattern=r"(\d+)\.txt"), "spec.batch.pattern"),
     (lambda s: s["batch"].update(store=s["batch"]["store"] + "-gone"), "spec.batch.store: "),
     (lambda s: s["downstream"].update(store=s["downstream"]["store"] + "-gone"), "spec.downstream.store: "),
+    (lambda s: s.update(key=["customer"]), "spec.key"),
 ], ids=["unknown-column", "zero-fraction", "fraction-above-one", "max-fraction", "no-batch", "no-store",
-        "no-downstream-store"])
+        "no-downstream-store", "unknown-key"])
 def test_bad_data_corruption_specs(data: Path, tmp_path: Path, change: Any, field: str) -> None:
     doc = _doc(data)
     change(doc["spec"])

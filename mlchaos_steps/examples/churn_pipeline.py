@@ -10,7 +10,8 @@ validator, and a step that builds the training set from a batch.
 Validator modes: ``healthy`` (types, ranges, nulls, unique ids, the label rule, the exact columns in
 order), ``pass-all``, ``fail-all``, ``schema-only`` (types and columns, no values), ``nulls-only`` (no
 duplicate or label checks). Prepare modes: ``healthy`` (skips a batch the validator refused, as told in
-``MLCHAOS_VALIDATION_EXIT``), ``ignore-validation``, ``yesterday`` (silently reads the previous batch).
+``MLCHAOS_VALIDATION_EXIT``), ``ignore-validation``, ``yesterday`` (silently reads the previous batch),
+``scale`` (healthy, but rescales income in place) and ``scale-ignore-validation``.
 ``--broken=true`` (as a pipeline parameter renders it) is ``pass-all`` for the validator and ``never`` for
 the monitor. Monitor modes: ``healthy`` (each feature against yesterday's batch: Kolmogorov-Smirnov for numbers,
 chi-square for categories), ``never``, ``always``, ``wrong-feature`` (alarms on the feature next to the
@@ -134,7 +135,7 @@ def validate(batch: Path, mode: str) -> int:
 
 
 def prepare(batch: Path, out: Path, mode: str) -> int:
-    if mode == "healthy" and os.environ.get("MLCHAOS_VALIDATION_EXIT", "0") != "0":
+    if mode in ("healthy", "scale") and os.environ.get("MLCHAOS_VALIDATION_EXIT", "0") != "0":
         print("validation refused the batch: training set not built", file=sys.stderr)
         return 0
     source = batch
@@ -143,6 +144,8 @@ def prepare(batch: Path, out: Path, mode: str) -> int:
         source = batch.parent / f"date={day - 1}"
     frame = read_batch(source)
     frame["income_per_tenure_month"] = frame["income"] / (frame["tenure"] + 1)  # a derived feature, a new column
+    if mode.startswith("scale"):  # feature scaling in place: the batch's own values are gone from the rows
+        frame["income"] = frame["income"] / 1000.0
     target = out / batch.name
     target.mkdir(parents=True, exist_ok=True)
     frame.to_parquet(target / "train.parquet", index=False)

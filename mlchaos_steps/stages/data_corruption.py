@@ -165,6 +165,8 @@ class DataCorruption(BatchStage):
 
     faults: list[Fault] = Field(min_length=1)
     max_fraction: Fraction = Field(default=0.2, description="the most rows the faults together may touch")
+    key: list[str] = Field(default_factory=list, description="columns that identify a row in what the downstream "
+                                                             "step writes (default: the batch's columns it keeps)")
     validation: ValidationSpec
     downstream: DownstreamSpec | None = None
 
@@ -200,6 +202,9 @@ class DataCorruption(BatchStage):
         except tables.NotATable as exc:
             raise SpecError("spec.batch", f"{path}: {exc}: point it at a Parquet, CSV or JSON lines batch") from None
         columns = set(shape.schema.names)
+        unknown = [c for c in self.key if c not in columns]
+        if unknown:
+            raise SpecError("spec.key", f"column(s) {', '.join(unknown)} not in the batch: fix the name")
         for index, fault in enumerate(self.faults):
             missing = [c for c in fault.columns_named() if c not in columns]
             if missing:
@@ -287,7 +292,7 @@ class DataCorruption(BatchStage):
                                       f"clean batch (exit {result.exit_code}): {result.stderr.strip()[-300:]}")
         written = self._read_partition(value)
         clean = tables.read_table(CheckpointStore(ctx.state["batch"]["store"]).fs, batch)
-        columns = [c for c in clean.schema.names if written is not None and c in written.schema.names]
+        columns = [c for c in (self.key or clean.schema.names) if written is not None and c in written.schema.names]
         sample = tables.sample_rows(clean, SAMPLE_ROWS, self.seed)
         there = set(tables.fingerprints(written, columns)) if written is not None and columns else set()
         share = sum(f in there for f in tables.fingerprints(sample, columns)) / max(1, sample.num_rows) \
@@ -297,7 +302,8 @@ class DataCorruption(BatchStage):
                 f"steady state not met before the fault: of {sample.num_rows} rows of the clean batch, "
                 f"{share:.0%} are in what the downstream step wrote (fingerprinted over "
                 f"{', '.join(columns) or 'no shared column'}): it read another batch (yesterday's, a cached copy), "
-                "or it rewrites the batch's columns in place (write derived values to new columns). Nothing was broken")
+                "or it rewrites the batch's columns in place (write derived values to new columns, or set spec.key to "
+                "columns it keeps). Nothing was broken")
         ctx.save(fingerprint_columns=columns)
         return {"rows_found_share": round(share, 4), "columns": columns, "backup": action.undo.get("quarantine")}
 

@@ -56,12 +56,16 @@ def unaccounted(state: dict[str, Any], outcome: ValidationOutcome, rows: Any) ->
     return missing
 
 
-def leaked(state: dict[str, Any], written: Any, rows: Any) -> tuple[int, list[int]]:
-    """How many corrupted rows are in what the downstream step wrote, and which (their batch positions)."""
+def leaked(state: dict[str, Any], written: Any, rows: Any, key: list[str] | None = None) -> tuple[int, list[int]]:
+    """How many corrupted rows are in what the downstream step wrote, and which (their batch positions).
+    Without ``key``: a row leaked when the training set holds it as corrupted (over the batch's columns
+    it kept); with ``key``: when the row with its key carries the corrupted value in a faulted column."""
     import pandas as pd
 
     if written is None or rows is None or not len(rows):
         return 0, []
+    if key:
+        return _leaked_by_key(state, written, rows, key)
     columns = [c for c in state.get("fingerprint_columns") or [] if c in rows.columns and c in written.schema.names]
     if not columns:
         return 0, []
@@ -73,6 +77,34 @@ def leaked(state: dict[str, Any], written: Any, rows: Any) -> tuple[int, list[in
                                       tables.fingerprints(values, columns), strict=True):
         allowed = clean.get(mark, 0) if faults == "duplicates" else 0
         if int(down.get(mark, 0)) > allowed:
+            found.append(position)
+    return len(found), found
+
+
+def _leaked_by_key(state: dict[str, Any], written: Any, rows: Any, key: list[str]) -> tuple[int, list[int]]:
+    import pandas as pd
+
+    faulted = sorted({f.split(":", 1)[1] for faults in rows[tables.FAULT_COLUMN] for f in faults.split(",")
+                      if ":" in f} & set(written.schema.names) & set(rows.columns))
+    down = written.select([*key, *[c for c in faulted if c not in key]]).to_pandas()
+    down_keys = pd.Series(tables.fingerprints(down, key))
+    counts = down_keys.value_counts()
+    where = down_keys.groupby(down_keys).indices  # key -> positions in the training set
+    down_values = tables.canonical(down[faulted]) if faulted else None
+    row_values = tables.canonical(rows[faulted]) if faulted else None
+    clean = _clean_counts(state, key)
+    found = []
+    for i, (position, faults, mark) in enumerate(zip(rows[tables.ROW_COLUMN].tolist(),
+                                                     rows[tables.FAULT_COLUMN].tolist(),
+                                                     tables.fingerprints(rows, key), strict=True)):
+        kinds = faults.split(",")
+        if "duplicates" in kinds and int(counts.get(mark, 0)) > clean.get(mark, 0):
+            found.append(position)
+            continue
+        hits = where.get(mark)
+        columns = [f.split(":", 1)[1] for f in kinds if ":" in f and f.split(":", 1)[1] in faulted]
+        if hits is not None and columns and down_values is not None and row_values is not None and any(
+                (down_values[c].iloc[hits] == row_values[c].iloc[i]).any() for c in columns):
             found.append(position)
     return len(found), found
 
@@ -116,7 +148,7 @@ def judge(stage: Any, ctx: PhaseContext) -> Verdict:
         down = stage._run(stage.downstream.command, path, stage.downstream.timeout_s,
                           {"MLCHAOS_VALIDATION_EXIT": str(result.exit_code)})
         written = stage._read_partition(state["batch"].get("value"))
-        count, positions = leaked(state, written, rows)
+        count, positions = leaked(state, written, rows, stage.key)
         metrics["leaked_rows"] = float(count)
         evidence.update(downstream_exit_code=down.exit_code, leaked_positions=positions[:100],
                         downstream_stderr_tail=down.stderr[-OUTPUT_TAIL_CHARS:])
