@@ -95,6 +95,24 @@ def test_whole_batch_faults_refused_pass(data: Path, fault: dict[str, Any]) -> N
     assert outcome.verdict.status == "passed", outcome.verdict
 
 
+GE_FAULTS = [fault for fault in ALL_ROW_FAULTS if fault["kind"] != "label_flip"]  # the suite has no label rule
+
+
+@pytest.mark.parametrize(("flags", "status"), [((), "passed"), (("--no-unique",), "failed")],
+                         ids=["complete-suite", "suite-without-uniqueness"])
+def test_a_great_expectations_validator(data: Path, flags: tuple[str, ...], status: str) -> None:
+    """Great Expectations' own validation result, read as it prints it: a suite that expects every fault
+    passes; one that forgets uniqueness leaves the duplicates unaccounted for."""
+    doc = _doc(data, faults=GE_FAULTS)
+    doc["spec"]["validation"] = {"command": [sys.executable, str(Path(__file__).parent / "apps" / "ge_validator.py"),
+                                             "{batch}", *flags]}
+    outcome = _run(doc, f"ge-{len(flags)}", data)
+    assert outcome.verdict.evidence["validator"]["format"] == "great_expectations"
+    assert outcome.verdict.status == status, outcome.verdict
+    if status == "failed":
+        assert "with duplicates" in outcome.verdict.reason and "nulls" not in outcome.verdict.reason
+
+
 # -- broken validators and pipelines fail ----------------------------------------------------------
 def test_a_validator_that_passes_everything_fails(data: Path) -> None:
     outcome = _run(_doc(data, validator="pass-all"), "pass-all", data)
