@@ -142,6 +142,14 @@ def test_a_validator_refusing_for_another_reason_fails(data: Path) -> None:
     assert "does not account for" in outcome.verdict.reason
 
 
+def test_a_validator_that_blames_every_row_fails(data: Path) -> None:
+    """It refuses the corrupted batch and names all 1,000 rows: the corrupted ones are among them, but it
+    has not found them."""
+    outcome = _run(_doc(data, validator="blame-all"), "blame-all", data)
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert "names 1050 of the batch's 1050 rows" in outcome.verdict.reason
+
+
 def test_a_training_step_that_ignores_the_validator_fails(data: Path) -> None:
     outcome = _run(_doc(data, prepare="ignore-validation"), "ignores", data)
     assert outcome.verdict.status == "failed", outcome.verdict

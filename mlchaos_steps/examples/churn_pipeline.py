@@ -9,8 +9,9 @@ validator, and a step that builds the training set from a batch.
 
 Validator modes: ``healthy`` (types, ranges, nulls, unique ids, the label rule, the exact columns in
 order), ``pass-all``, ``fail-all``, ``schema-only`` (types and columns, no values), ``nulls-only`` (no
-duplicate or label checks). Prepare modes: ``healthy`` (skips a batch the validator refused, as told in
-``MLCHAOS_VALIDATION_EXIT``), ``ignore-validation``, ``yesterday`` (silently reads the previous batch),
+duplicate or label checks), ``blame-all`` (refuses a bad batch naming every row). Prepare modes:
+``healthy`` (skips a batch the validator refused, as told in ``MLCHAOS_VALIDATION_EXIT``),
+``ignore-validation``, ``yesterday`` (silently reads the previous batch),
 ``scale`` (healthy, but rescales income in place) and ``scale-ignore-validation``.
 ``--broken=true`` (as a pipeline parameter renders it) is ``pass-all`` for the validator and ``never`` for
 the monitor. Monitor modes: ``healthy`` (each feature against yesterday's batch: Kolmogorov-Smirnov for numbers,
@@ -126,9 +127,12 @@ def validate(batch: Path, mode: str) -> int:
         print(json.dumps({"valid": False, "failures": [{"check": "always"}]}))
         return 1
     try:
-        _schema(mode).validate(frame, lazy=True)
+        _schema("healthy" if mode == "blame-all" else mode).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as err:
-        print(err.failure_cases.to_json(orient="records"))
+        if mode == "blame-all":  # refuses, and names every row rather than the failing ones
+            print(json.dumps({"valid": False, "failures": [{"check": "batch", "rows": list(range(len(frame)))}]}))
+        else:
+            print(err.failure_cases.to_json(orient="records"))
         return 1
     print("[]")
     return 0

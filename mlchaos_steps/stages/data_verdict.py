@@ -18,6 +18,7 @@ from mlchaos_steps.targets.checkpoints import CheckpointStore
 
 OUTPUT_TAIL_CHARS = 2000
 SHOWN = 8
+BLANKET_SHARE = 0.5  # a report naming more of the batch than this (and 3x the corrupted rows) blames everything
 
 
 def corrupted_rows(state: dict[str, Any]) -> Any:
@@ -32,14 +33,11 @@ def unaccounted(state: dict[str, Any], outcome: ValidationOutcome, rows: Any) ->
     """What the validator's report leaves unexplained, one phrase per kind of fault."""
     if state.get("truncated"):
         return []
+    blanket = _blanket(state, outcome, rows)
+    if blanket:
+        return [blanket]
     schema = state.get("schema_faults") or {}
-    missing: list[str] = []
-    for column in schema.get("drop", []):
-        if column not in outcome.columns:
-            missing.append(f"column {column} (dropped)")
-    for old, new in (schema.get("rename") or {}).items():
-        if old not in outcome.columns and new not in outcome.columns:
-            missing.append(f"column {old} (renamed {new})")
+    missing = _columns_unnamed(schema, outcome)
     column_level = {c for c in schema.get("type_changes", []) if c in outcome.columns}
     unexplained: dict[str, list[int]] = {}
     pairs = zip(rows[tables.ROW_COLUMN].tolist(), rows[tables.FAULT_COLUMN].tolist(), strict=True) \
@@ -54,6 +52,25 @@ def unaccounted(state: dict[str, Any], outcome: ValidationOutcome, rows: Any) ->
         shown = ", ".join(map(str, positions[:SHOWN])) + (", ..." if len(positions) > SHOWN else "")
         missing.append(f"{len(positions)} row(s) with {kind.replace(':', ' in ')} ({shown})")
     return missing
+
+
+def _columns_unnamed(schema: dict[str, Any], outcome: ValidationOutcome) -> list[str]:
+    """Dropped or renamed columns the report does not name."""
+    missing = [f"column {c} (dropped)" for c in schema.get("drop", []) if c not in outcome.columns]
+    missing += [f"column {old} (renamed {new})" for old, new in (schema.get("rename") or {}).items()
+                if old not in outcome.columns and new not in outcome.columns]
+    return missing
+
+
+def _blanket(state: dict[str, Any], outcome: ValidationOutcome, rows: Any) -> str | None:
+    """A report that blames (nearly) every row names the corrupted ones without having found them."""
+    corrupted = len(rows) if rows is not None else 0
+    copies = int(rows[tables.FAULT_COLUMN].str.contains("duplicates").sum()) if corrupted else 0
+    total = int(state.get("rows") or 0) + copies  # the corrupted batch: the clean rows and the copies
+    if total and len(outcome.rows) > BLANKET_SHARE * total and len(outcome.rows) > 3 * corrupted:
+        return (f"the corrupted rows in particular: it names {len(outcome.rows)} of the batch's {total} rows for "
+                f"{corrupted} corrupted")
+    return None
 
 
 def leaked(state: dict[str, Any], written: Any, rows: Any, key: list[str] | None = None) -> tuple[int, list[int]]:
