@@ -404,13 +404,10 @@ class CheckpointWipe(StageSpec):
 
     @staticmethod
     def _is_own_damage(store: CheckpointStore, undo: dict[str, Any], current: str) -> bool:
-        backup = undo["quarantine"]
-        if undo.get("mode") in ("truncate", "corrupt") and store.exists(backup) \
-                and store.digest(backup) == undo["digest"]:
-            # A crash kept the damaged copy's digest out of the ledger: damage is deterministic, so
-            # write it again aside and compare.
-            return store.damaged_digest(backup, undo["mode"]) == current
-        return False
+        if undo.get("mode") not in ("truncate", "corrupt"):
+            return False
+        return quarantine.rewritten_is(store, undo, current,
+                                       lambda source, dest: store.write_damaged(source, dest, undo["mode"]))
 
 
 def _identity(pid: int) -> list[Any]:

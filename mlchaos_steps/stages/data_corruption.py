@@ -378,20 +378,13 @@ class DataCorruption(BatchStage):
 
 
 def _is_own_damage(store: CheckpointStore, undo: dict[str, Any], current: str) -> bool:
-    """A crash kept the damaged copy's digest out of the ledger: the corruption is seeded, so write it
-    again aside and compare."""
-    backup = undo["quarantine"]
-    if not store.exists(backup) or store.digest(backup) != undo["digest"]:
-        return False
-    labels = [f["column"] for f in undo["faults"] if f["kind"] == "label_flip"]
-    plan = tables.plan_faults(undo["faults"], tables.describe_batch(store.fs, backup, labels), undo["seed"])
-    scratch = f"{backup}.mlchaos-redamage-{os.getpid()}"
-    try:
-        tables.write_corrupted(store.fs, backup, scratch, plan)
-        return store.digest(scratch) == current
-    finally:
-        if store.exists(scratch):
-            store.remove(scratch)
+    """The corruption is seeded: written again from the backup, it must give the same copy."""
+    def corrupt(source: str, dest: str) -> None:
+        labels = [f["column"] for f in undo["faults"] if f["kind"] == "label_flip"]
+        plan = tables.plan_faults(undo["faults"], tables.describe_batch(store.fs, source, labels), undo["seed"])
+        tables.write_corrupted(store.fs, source, dest, plan)
+
+    return quarantine.rewritten_is(store, undo, current, corrupt)
 
 
 def _restore_partition(undo: dict[str, Any], ctx: PhaseContext) -> dict[str, Any]:

@@ -290,16 +290,10 @@ def flagged_features(report: Any) -> set[str]:
 
 
 def _is_own_damage(store: CheckpointStore, undo: dict[str, Any], current: str) -> bool:
-    """The drift is seeded: write it again aside from the quarantined original and compare."""
-    backup = undo["quarantine"]
-    if not store.exists(backup) or store.digest(backup) != undo["digest"]:
-        return False
-    categorical = [s["column"] for s in undo["shifts"] if s["kind"] in ("swap_categories", "new_category")]
-    shape = tables.describe_batch(store.fs, backup, categorical)
-    scratch = f"{backup}.mlchaos-redamage-{os.getpid()}"
-    try:
-        shifting.write_drifted(store.fs, backup, scratch, undo["shifts"], shape, undo["seed"])
-        return store.digest(scratch) == current
-    finally:
-        if store.exists(scratch):
-            store.remove(scratch)
+    """The drift is seeded: written again from the backup, it must give the same copy."""
+    def drift(source: str, dest: str) -> None:
+        categorical = [s["column"] for s in undo["shifts"] if s["kind"] in ("swap_categories", "new_category")]
+        shape = tables.describe_batch(store.fs, source, categorical)
+        shifting.write_drifted(store.fs, source, dest, undo["shifts"], shape, undo["seed"])
+
+    return quarantine.rewritten_is(store, undo, current, drift)

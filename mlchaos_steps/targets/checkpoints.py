@@ -275,17 +275,6 @@ class CheckpointStore:
                 self.fs.copy(file, out)
         return {"damaged_file": posixpath.relpath(victim, base) if victim != base else posixpath.basename(base)}
 
-    def damaged_digest(self, source: str, mode: str) -> str:
-        """The digest the damaged copy of ``source`` has: damage is deterministic, so restore can tell
-        a copy this stage wrote even when a crash kept its digest out of the ledger."""
-        scratch = f"{source.rstrip('/')}.mlchaos-redamage-{os.getpid()}"
-        try:
-            self.write_damaged(source, scratch, mode)
-            return self.digest(scratch)
-        finally:
-            if self.exists(scratch):
-                self.remove(scratch)
-
     def _damage(self, src: str, dst: str, mode: str, check: Any = None) -> None:
         size = int(self.fs.size(src))
         with self.fs.open(src, "rb") as reader, self.fs.open(dst, "wb") as writer:

@@ -9,14 +9,14 @@ the damaged copy by that, without reading them again; elsewhere by digest.
 
 Example::
 
-    with replaced(ctx, store, "quarantine-batch", victim, run_dir, write_damage=corrupt) as action:
-        ...
+    replace(ctx, store, "quarantine-batch", victim, run_dir, {"seed": 7}, write_damage=corrupt)
     # restore, from the ledger alone:
-    put_back(store, action.undo, is_own_damage=lambda digest: rewrite_and_compare(digest))
+    put_back(store, undo, is_own_damage=lambda digest: rewritten_is(store, undo, digest, corrupt))
 """
 
 from __future__ import annotations
 
+import os
 import posixpath
 import time
 from collections.abc import Callable
@@ -117,6 +117,23 @@ def put_back(store: CheckpointStore, undo: dict[str, Any], is_own_damage: Callab
     store.move(quarantine, original, expected_digest=digest)
     remove_empty_quarantine(store, quarantine)
     return {**result, "digest_verified": True}
+
+
+def rewritten_is(store: CheckpointStore, undo: dict[str, Any], current: str,
+                 write_damage: Callable[[str, str], Any]) -> bool:
+    """Is ``current`` (the digest now at the original path) the damaged copy this stage wrote, when a crash
+    kept its record out of the ledger? The damage is deterministic: it is written again aside, from the
+    backup (only if the backup is intact), and compared."""
+    backup = undo["quarantine"]
+    if not store.exists(backup) or store.digest(backup) != undo["digest"]:
+        return False
+    scratch = f"{backup.rstrip('/')}.mlchaos-redamage-{os.getpid()}"
+    try:
+        write_damage(backup, scratch)
+        return store.digest(scratch) == current
+    finally:
+        if store.exists(scratch):
+            store.remove(scratch)
 
 
 def _clear_leftovers(store: CheckpointStore, undo: dict[str, Any], staging: str, trash: str,
