@@ -9,16 +9,22 @@ Example::
 
 from __future__ import annotations
 
+import os
 import posixpath
 import re
 from typing import Literal
 
 from pydantic import Field, field_validator, model_validator
 
+from mlchaos_steps.core.context import check_kill_switch
+from mlchaos_steps.core.processes import CommandResult, run_command
 from mlchaos_steps.core.spec import StageSpec, StrictModel
-from mlchaos_steps.errors import SpecError
+from mlchaos_steps.errors import InfrastructureError, SpecError
 from mlchaos_steps.stages.parts import step_pattern, store_url
+from mlchaos_steps.targets import tables
 from mlchaos_steps.targets.checkpoints import CheckpointStore
+
+BATCH_PLACEHOLDER = "{batch}"
 
 
 class BatchSelector(StrictModel):
@@ -72,3 +78,24 @@ class BatchStage(StageSpec):
 
     def target_ids(self) -> list[str]:
         return [f"data-batch:{(self.batch.path or self.batch.store or '').rstrip('/')}"]
+
+
+def describe(store: CheckpointStore, path: str, categorical: list[str]) -> tables.BatchShape:
+    """The batch's shape (rows, schema, ranges, the categories of ``categorical``); a batch that is not a
+    table is bad input naming ``spec.batch``."""
+    try:
+        return tables.describe_batch(store.fs, path, categorical)
+    except tables.NotATable as exc:
+        raise SpecError("spec.batch", f"{path}: {exc}: point it at a Parquet, CSV or JSON lines batch") from None
+
+
+def run_on_batch(command: list[str], batch: str, *, env: dict[str, str], cwd: str | None, timeout_s: float,
+                 what: str) -> CommandResult:
+    """Run one of the pipeline's commands (validator, training-set step, drift monitor) on the batch:
+    ``{batch}`` in its arguments and ``MLCHAOS_BATCH`` in its environment name it."""
+    argv = [a.replace(BATCH_PLACEHOLDER, batch) for a in command]
+    try:
+        return run_command(argv, env={**os.environ, **env, "MLCHAOS_BATCH": batch}, cwd=cwd, timeout_s=timeout_s,
+                           on_tick=check_kill_switch)
+    except OSError as exc:
+        raise InfrastructureError(f"{what} could not start: {exc}") from exc

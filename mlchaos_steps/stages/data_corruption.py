@@ -29,7 +29,6 @@ Example::
 
 from __future__ import annotations
 
-import os
 import re
 import time
 from typing import Annotated, Any, ClassVar, Literal
@@ -37,19 +36,18 @@ from typing import Annotated, Any, ClassVar, Literal
 from pydantic import Field, ValidationInfo, field_validator, model_validator
 
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch, run_dir_name
-from mlchaos_steps.core.processes import CommandResult, run_command
+from mlchaos_steps.core.processes import CommandResult
 from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StrictModel
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
 from mlchaos_steps.stages import data_verdict
-from mlchaos_steps.stages.batches import BatchStage, resolve_batch
+from mlchaos_steps.stages.batches import BatchStage, describe, resolve_batch, run_on_batch
 from mlchaos_steps.stages.parts import argument_list, check_runnable, environment, step_pattern, store_url
 from mlchaos_steps.stages.validation_reports import ReportFormat, ValidationOutcome, parse_report
 from mlchaos_steps.targets import quarantine, tables
 from mlchaos_steps.targets.checkpoints import CheckpointStore
 
-BATCH_PLACEHOLDER = "{batch}"
 FOUND_SHARE = 0.9  # of a sample of the clean batch's rows the downstream step must hold (steady state)
 SAMPLE_ROWS = 500
 OUTPUT_TAIL_CHARS = 2000
@@ -196,11 +194,7 @@ class DataCorruption(BatchStage):
         return resolve_batch(self.batch)
 
     def _shape(self, store: CheckpointStore, path: str) -> tables.BatchShape:
-        labels = [f.column for f in self.faults if isinstance(f, LabelFlipFault)]
-        try:
-            shape = tables.describe_batch(store.fs, path, labels)
-        except tables.NotATable as exc:
-            raise SpecError("spec.batch", f"{path}: {exc}: point it at a Parquet, CSV or JSON lines batch") from None
+        shape = describe(store, path, [f.column for f in self.faults if isinstance(f, LabelFlipFault)])
         columns = set(shape.schema.names)
         unknown = [c for c in self.key if c not in columns]
         if unknown:
@@ -234,12 +228,8 @@ class DataCorruption(BatchStage):
 
     # -- running the pipeline's steps -------------------------------------------------------------
     def _run(self, command: list[str], batch: str, timeout_s: float, extra: dict[str, str]) -> CommandResult:
-        argv = [a.replace(BATCH_PLACEHOLDER, batch) for a in command]
-        env = {**os.environ, **self.validation.env, "MLCHAOS_BATCH": batch, **extra}
-        try:
-            return run_command(argv, env=env, cwd=self.validation.cwd, timeout_s=timeout_s, on_tick=check_kill_switch)
-        except OSError as exc:
-            raise InfrastructureError(f"{argv[0]} could not start: {exc}") from exc
+        return run_on_batch(command, batch, env={**self.validation.env, **extra}, cwd=self.validation.cwd,
+                            timeout_s=timeout_s, what=command[0])
 
     def _validate(self, batch: str) -> tuple[CommandResult, ValidationOutcome]:
         result = self._run(self.validation.command, batch, self.validation.timeout_s, {})

@@ -31,26 +31,24 @@ Example::
 
 from __future__ import annotations
 
-import os
 import time
 from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, field_validator
 
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch, run_dir_name
-from mlchaos_steps.core.processes import CommandResult, run_command
+from mlchaos_steps.core.processes import CommandResult
 from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StrictModel
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError, SpecError
-from mlchaos_steps.stages.batches import BatchStage, resolve_batch
+from mlchaos_steps.stages.batches import BatchStage, describe, resolve_batch, run_on_batch
 from mlchaos_steps.stages.parts import argument_list, check_runnable, environment
 from mlchaos_steps.stages.validation_reports import last_json
 from mlchaos_steps.targets import drift as shifting
 from mlchaos_steps.targets import quarantine, tables
 from mlchaos_steps.targets.checkpoints import CheckpointStore
 
-BATCH_PLACEHOLDER = "{batch}"
 OUTPUT_TAIL_CHARS = 2000
 
 
@@ -143,11 +141,7 @@ class FeatureDrift(BatchStage):
         return f"drift on {', '.join(s.column for s in self.drift)} in {self.batch.path or self.batch.store}"
 
     def _shape(self, store: CheckpointStore, path: str) -> tables.BatchShape:
-        categorical = [s.column for s in self.drift if isinstance(s, SwapCategories | NewCategory)]
-        try:
-            shape = tables.describe_batch(store.fs, path, categorical)
-        except tables.NotATable as exc:
-            raise SpecError("spec.batch", f"{path}: {exc}: point it at a Parquet, CSV or JSON lines batch") from None
+        shape = describe(store, path, [s.column for s in self.drift if isinstance(s, SwapCategories | NewCategory)])
         columns = set(shape.schema.names)
         for index, shift in enumerate(self.drift):
             needed = [shift.column] + ([shift.where.column] if isinstance(shift, SegmentShift) else [])
@@ -179,13 +173,8 @@ class FeatureDrift(BatchStage):
         return {"batch": path, "rows": shape.total_rows, "drift": [s.model_dump() for s in self.drift]}
 
     def _watch(self, batch: str) -> tuple[CommandResult, set[str]]:
-        argv = [a.replace(BATCH_PLACEHOLDER, batch) for a in self.monitor.command]
-        env = {**os.environ, **self.monitor.env, "MLCHAOS_BATCH": batch}
-        try:
-            result = run_command(argv, env=env, cwd=self.monitor.cwd, timeout_s=self.monitor.timeout_s,
-                                 on_tick=check_kill_switch)
-        except OSError as exc:
-            raise InfrastructureError(f"the drift monitor could not start: {exc}") from exc
+        result = run_on_batch(self.monitor.command, batch, env=self.monitor.env, cwd=self.monitor.cwd,
+                              timeout_s=self.monitor.timeout_s, what="the drift monitor")
         return result, flagged_features(last_json(result.stdout))
 
     # -- phases -----------------------------------------------------------------------------------
