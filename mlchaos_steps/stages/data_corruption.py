@@ -281,15 +281,17 @@ class DataCorruption(BatchStage):
             raise InfrastructureError(f"steady state not met before the fault: the downstream step failed on the "
                                       f"clean batch (exit {result.exit_code}): {result.stderr.strip()[-300:]}")
         written = self._read_partition(value)
-        clean = tables.read_table(CheckpointStore(ctx.state["batch"]["store"]).fs, batch)
-        columns = [c for c in (self.key or clean.schema.names) if written is not None and c in written.schema.names]
-        sample = tables.sample_rows(clean, SAMPLE_ROWS, self.seed)
-        there = set(tables.fingerprints(written, columns)) if written is not None and columns else set()
-        share = sum(f in there for f in tables.fingerprints(sample, columns)) / max(1, sample.num_rows) \
-            if columns else 0.0
+        columns = [c for c in (self.key or ctx.state["columns"]) if written is not None and c in written.schema.names]
+        sampled = min(SAMPLE_ROWS, ctx.state["rows"])
+        share = 0.0
+        if columns and sampled:
+            sample = tables.sample_batch(CheckpointStore(ctx.state["batch"]["store"]).fs, batch, columns, SAMPLE_ROWS,
+                                         self.seed, ctx.state["rows"])
+            there = set(tables.fingerprints(written, columns))
+            share = sum(f in there for f in tables.fingerprints(sample, columns)) / sampled
         if share < FOUND_SHARE:
             raise InfrastructureError(
-                f"steady state not met before the fault: of {sample.num_rows} rows of the clean batch, "
+                f"steady state not met before the fault: of {sampled} rows of the clean batch, "
                 f"{share:.0%} are in what the downstream step wrote (fingerprinted over "
                 f"{', '.join(columns) or 'no shared column'}): it read another batch (yesterday's, a cached copy), "
                 "or it rewrites the batch's columns in place (write derived values to new columns, or set spec.key to "

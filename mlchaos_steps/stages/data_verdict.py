@@ -88,7 +88,7 @@ def leaked(state: dict[str, Any], written: Any, rows: Any, key: list[str] | None
         return 0, []
     values = rows[columns]
     down = pd.Series(tables.fingerprints(written, columns)).value_counts()
-    clean = _clean_counts(state, columns)
+    clean = _clean_counts(state, columns, rows)
     found = []
     for position, faults, mark in zip(rows[tables.ROW_COLUMN].tolist(), rows[tables.FAULT_COLUMN].tolist(),
                                       tables.fingerprints(values, columns), strict=True):
@@ -109,7 +109,7 @@ def _leaked_by_key(state: dict[str, Any], written: Any, rows: Any, key: list[str
     where = down_keys.groupby(down_keys).indices  # key -> positions in the training set
     down_values = tables.canonical(down[faulted]) if faulted else None
     row_values = tables.canonical(rows[faulted]) if faulted else None
-    clean = _clean_counts(state, key)
+    clean = _clean_counts(state, key, rows)
     found = []
     for i, (position, faults, mark) in enumerate(zip(rows[tables.ROW_COLUMN].tolist(),
                                                      rows[tables.FAULT_COLUMN].tolist(),
@@ -126,16 +126,19 @@ def _leaked_by_key(state: dict[str, Any], written: Any, rows: Any, key: list[str
     return len(found), found
 
 
-def _clean_counts(state: dict[str, Any], columns: list[str]) -> dict[str, int]:
-    """How often each row is in the clean batch (now in quarantine): a duplicate leaks only past that."""
+def _clean_counts(state: dict[str, Any], columns: list[str], rows: Any) -> dict[str, int]:
+    """How often each row is in the clean batch (now in quarantine): a duplicate leaks only past that.
+    Read (those columns only) only when rows were duplicated."""
     import pandas as pd
 
+    if not rows[tables.FAULT_COLUMN].str.contains("duplicates").any():
+        return {}
     batch = state["batch"]
     store = CheckpointStore(batch["store"])
     backup = store.quarantine_path(run_dir_name(state["run_key"]), batch["name"])
     if not store.exists(backup):
         return {}
-    clean = tables.read_table(store.fs, backup)
+    clean = tables.read_table(store.fs, backup, columns)
     return dict(pd.Series(tables.fingerprints(clean, columns)).value_counts())
 
 

@@ -118,7 +118,7 @@ class BatchShape:
     def as_dict(self) -> dict[str, Any]:
         """Everything but the schema, as plain data (snapshot hands it to inject through the ledger)."""
         return {"files": self.files, "rows": self.rows, "ranges": self.ranges, "labels": self.labels,
-                "moments": self.moments, "columns": list(self.schema.names) if self.schema is not None else []}
+                "moments": self.moments}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> BatchShape:
@@ -423,13 +423,22 @@ def fingerprints(table: Any, columns: list[str]) -> list[str]:
     return [f"{int(h):016x}" for h in hashed]
 
 
-def sample_rows(table: Any, count: int, seed: int) -> Any:
-    """At most ``count`` rows of ``table``, seeded."""
+def sample_batch(fs: Any, path: str, columns: list[str], count: int, seed: int, total_rows: int) -> Any:
+    """At most ``count`` rows of the batch (seeded), ``columns`` only, read a row group at a time: the
+    batch is never whole in memory."""
     import numpy as np
+    import pyarrow as pa
 
-    if table.num_rows <= count:
-        return table
-    return table.take(np.sort(np.random.default_rng(seed).choice(table.num_rows, count, replace=False)))
+    picks = np.sort(np.random.default_rng(seed).choice(total_rows, min(count, total_rows), replace=False))
+    taken, offset = [], 0
+    for file in batch_files(fs, path):
+        for group in row_groups(fs, file):
+            local = picks[(picks >= offset) & (picks < offset + group.num_rows)] - offset
+            if len(local):
+                taken.append(group.select(columns).take(pa.array(local)))
+            offset += group.num_rows
+            del group
+    return pa.concat_tables(taken, promote_options="permissive") if taken else None
 
 
 def write_evidence(fs: Any, path: str, rows: Any) -> None:
