@@ -160,10 +160,11 @@ class CheckpointWipe(StageSpec):
             if assessed[-1]["intact"]:
                 break
         backups = [{"name": v.name, "step": v.step, "path": v.path, "is_dir": v.is_dir, "on_disk": signature,
-                    "digest": entry.pop("digest"), "size_bytes": store.size_bytes(v.path)}
+                    "digest": entry.pop("digest"), "size_bytes": entry.pop("size_bytes")}
                    for v, signature, entry in zip(victims, on_disk, steady, strict=True)]
-        for entry in assessed:
+        for entry in assessed:  # read for their evidence; not backed up
             entry.pop("digest", None)
+            entry.pop("size_bytes", None)
         state = {
             "checkpoints": [{"name": c.name, "step": c.step} for c in found],
             "victims": backups,
@@ -182,7 +183,7 @@ class CheckpointWipe(StageSpec):
         nothing proves its content) or ``damaged``."""
         entry: dict[str, Any] = {"name": checkpoint.name, "step": checkpoint.step}
         try:
-            size = store.size_bytes(checkpoint.path)
+            size = entry["size_bytes"] = store.size_bytes(checkpoint.path)
             entry["digest"] = store.digest(checkpoint.path, check_kill_switch)  # every byte readable
             evidence = assess(store.fs, checkpoint.path, siblings(found, checkpoint), check_kill_switch)
         except OSError as exc:

@@ -83,13 +83,9 @@ def row_groups(fs: Any, path: str) -> Iterator[Any]:
     if table_format(path) != "parquet":
         yield _read_whole(fs, path)
         return
-    if _local(fs):  # Arrow's own file, memory-mapped: no Python file object, no copy of the compressed pages
-        parquet = pq.ParquetFile(path, memory_map=True)
-        for index in range(parquet.num_row_groups):
-            yield parquet.read_row_group(index)
-        return
-    with fs.open(path, "rb") as handle:
-        parquet = pq.ParquetFile(handle)
+    # Local: Arrow's own file, memory-mapped (no Python file object, no copy of the compressed pages).
+    with contextlib.nullcontext(path) if _local(fs) else fs.open(path, "rb") as source:
+        parquet = pq.ParquetFile(source, memory_map=_local(fs))
         for index in range(parquet.num_row_groups):
             yield parquet.read_row_group(index)
 
