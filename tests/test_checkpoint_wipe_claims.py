@@ -77,6 +77,15 @@ def _flip_a_byte(path: Path) -> None:
     path.write_bytes(bytes(data))
 
 
+def _loads_and_reports(checkpoint: Path, step: int) -> list[str]:
+    """A trainer that loads ``checkpoint`` (a pickle) and reports ``step``, whatever it loaded."""
+    return _script(f"""
+import pickle
+state = pickle.load(open({str(checkpoint / 'model.pkl')!r}, 'rb'))
+print({_report(step)!r})
+""")
+
+
 def _cut_in_half(path: Path) -> None:
     """What a save interrupted by a preemption leaves."""
     data = path.read_bytes()
@@ -86,11 +95,7 @@ def _cut_in_half(path: Path) -> None:
 # -- 1. a claim the store never backed ---------------------------------------------------------------
 def test_a_step_never_in_the_store_fails(store: Path) -> None:
     # Loads step-400 but reports the step its schedule says it should be at: 450 was never saved.
-    trainer = _script(f"""
-import pickle
-state = pickle.load(open({str(store / 'step-400' / 'model.pkl')!r}, 'rb'))
-print({_report(450)!r})
-""")
+    trainer = _loads_and_reports(store / "step-400", 450)
     outcome = _run(wipe_doc(store, resume={"command": trainer, "max_lost_steps": 200}), "never-there", store)
     assert outcome.verdict.status == "failed", outcome.verdict
     assert "no checkpoint of that step was in the store at the fault" in outcome.verdict.reason
@@ -100,11 +105,7 @@ print({_report(450)!r})
 def test_a_step_only_in_a_mirror_the_report_does_not_name_fails(store: Path, tmp_path: Path) -> None:
     mirror = tmp_path / "mirror"
     save_checkpoint(mirror, 450, load_intact(store / "step-400")["model"])
-    trainer = _script(f"""
-import pickle
-state = pickle.load(open({str(mirror / 'step-450' / 'model.pkl')!r}, 'rb'))
-print({_report(450)!r})
-""")
+    trainer = _loads_and_reports(mirror / "step-450", 450)
     outcome = _run(wipe_doc(store, resume={"command": trainer, "max_lost_steps": 200}), "mirror-only", store, mirror)
     assert outcome.verdict.status == "failed", outcome.verdict
     assert "no checkpoint of that step was in the store" in outcome.verdict.reason
@@ -262,11 +263,7 @@ def test_a_trainer_passing_over_an_intact_checkpoint_fails(tiers: tuple[Path, Pa
 
 
 def test_a_trainer_passing_over_an_intact_checkpoint_with_a_manifest_fails(store: Path) -> None:
-    skip = _script(f"""
-import json, pickle
-state = pickle.load(open({str(store / 'step-300' / 'model.pkl')!r}, 'rb'))
-print({_report(300)!r})
-""")
+    skip = _loads_and_reports(store / "step-300", 300)
     outcome = _run(wipe_doc(store, resume={"command": skip, "max_lost_steps": 200}), "skip-intact", store)
     assert outcome.verdict.status == "failed", outcome.verdict
     assert "not from the newest intact checkpoint (step 400" in outcome.verdict.reason
