@@ -150,6 +150,23 @@ def test_a_validator_that_blames_every_row_fails(data: Path) -> None:
     assert "names 1050 of the batch's 1050 rows" in outcome.verdict.reason
 
 
+def test_a_validator_that_misses_a_dropped_column_fails(data: Path) -> None:
+    """It finds the null ages, row by row, and refuses, but never notices tenure is gone."""
+    nulls_only = ("import json, sys\n"
+                  "from mlchaos_steps.examples.churn_pipeline import read_batch\n"
+                  "frame = read_batch(__import__('pathlib').Path(sys.argv[1]))\n"
+                  "rows = [int(i) for i in frame.index[frame['age'].isna()]]\n"
+                  "failures = [{'column': 'age', 'rows': rows}] if rows else []\n"
+                  "print(json.dumps({'valid': not rows, 'failures': failures}))\n"
+                  "sys.exit(1 if rows else 0)\n")
+    doc = _doc(data, prepare=None, faults=[{"kind": "schema", "drop": ["tenure"]},
+                                           {"kind": "nulls", "columns": ["age"], "fraction": 0.02}])
+    doc["spec"]["validation"] = {"command": [sys.executable, "-c", nulls_only, "{batch}"]}
+    outcome = _run(doc, "misses-drop", data)
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert "column tenure (dropped)" in outcome.verdict.reason and "nulls" not in outcome.verdict.reason
+
+
 def test_a_training_step_that_ignores_the_validator_fails(data: Path) -> None:
     outcome = _run(_doc(data, prepare="ignore-validation"), "ignores", data)
     assert outcome.verdict.status == "failed", outcome.verdict
