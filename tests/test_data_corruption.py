@@ -120,6 +120,13 @@ def test_a_validator_that_passes_everything_fails(data: Path) -> None:
     assert "the validator accepted the corrupted batch" in outcome.verdict.reason
 
 
+def test_a_validator_that_warns_but_lets_the_batch_through_fails(data: Path) -> None:
+    """pandera's failure cases, every corrupted row among them, but exit 0: the batch went on."""
+    outcome = _run(_doc(data, validator="warn-only", prepare=None), "warn-only", data)
+    assert outcome.verdict.status == "failed", outcome.verdict
+    assert "the validator accepted the corrupted batch" in outcome.verdict.reason
+
+
 def test_a_validator_that_checks_the_schema_but_not_values_fails(data: Path) -> None:
     outcome = _run(_doc(data, validator="schema-only"), "schema-only", data)
     assert outcome.verdict.status == "failed", outcome.verdict

@@ -55,3 +55,10 @@ def test_an_exit_code_alone_refuses_but_names_nothing() -> None:
     assert outcome.refused and outcome.format == "none" and not outcome.rows and not outcome.columns
     accepted = parse_report("[]", exit_code=0)
     assert not accepted.refused
+
+
+def test_failures_listed_with_exit_0_and_no_word_of_invalid_are_warnings() -> None:
+    warned = parse_report(json.dumps([{"column": "age", "check": "not_nullable", "index": 3}]), exit_code=0)
+    assert not warned.refused and warned.rows == {3}
+    plain = parse_report(json.dumps({"failures": [{"column": "age", "rows": [3]}]}), exit_code=0)
+    assert not plain.refused

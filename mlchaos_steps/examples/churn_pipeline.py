@@ -9,7 +9,8 @@ validator, and a step that builds the training set from a batch.
 
 Validator modes: ``healthy`` (types, ranges, nulls, unique ids, the label rule, the exact columns in
 order), ``pass-all``, ``fail-all``, ``schema-only`` (types and columns, no values), ``nulls-only`` (no
-duplicate or label checks), ``blame-all`` (refuses a bad batch naming every row). Prepare modes:
+duplicate or label checks), ``blame-all`` (refuses a bad batch naming every row), ``warn-only`` (prints
+every failure case, exits 0). Prepare modes:
 ``healthy`` (skips a batch the validator refused, as told in ``MLCHAOS_VALIDATION_EXIT``),
 ``ignore-validation``, ``yesterday`` (silently reads the previous batch),
 ``scale`` (healthy, but rescales income in place) and ``scale-ignore-validation``.
@@ -127,13 +128,13 @@ def validate(batch: Path, mode: str) -> int:
         print(json.dumps({"valid": False, "failures": [{"check": "always"}]}))
         return 1
     try:
-        _schema("healthy" if mode == "blame-all" else mode).validate(frame, lazy=True)
+        _schema("healthy" if mode in ("blame-all", "warn-only") else mode).validate(frame, lazy=True)
     except pa.errors.SchemaErrors as err:
         if mode == "blame-all":  # refuses, and names every row rather than the failing ones
             print(json.dumps({"valid": False, "failures": [{"check": "batch", "rows": list(range(len(frame)))}]}))
         else:
             print(err.failure_cases.to_json(orient="records"))
-        return 1
+        return 0 if mode == "warn-only" else 1  # warn-only: logs every failure, lets the batch through
     print("[]")
     return 0
 

@@ -84,14 +84,12 @@ def _plain(report: dict[str, Any], outcome: ValidationOutcome) -> None:
         outcome.checks.append(str(failure.get("check", "")))
         if failure.get("column") is not None and not rows:
             outcome.columns.add(str(failure["column"]))
-        outcome.refused = True
 
 
 def _pandera(cases: list[Any], outcome: ValidationOutcome) -> None:
     for case in cases:
         if not isinstance(case, dict):
             continue
-        outcome.refused = True
         check = str(case.get("check", ""))
         outcome.checks.append(check)
         rows = _rows(case.get("index"))
@@ -135,7 +133,9 @@ def detect(report: Any) -> str:
 
 
 def parse_report(stdout: str, exit_code: int, report_format: ReportFormat = "auto") -> ValidationOutcome:
-    """The validator's outcome: refused when it exited non-zero or its report says so."""
+    """The validator's outcome: refused when it exited non-zero or its report says so in as many words
+    (``"valid": false``, ``"success": false``). Failures listed by a validator that exits 0 and does not
+    say the batch is invalid are warnings: the batch went on, so it was not refused."""
     outcome = ValidationOutcome(refused=exit_code != 0)
     report = last_json(stdout)
     if report is None:
