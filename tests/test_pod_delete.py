@@ -42,6 +42,9 @@ def test_server_that_does_not_respawn_fails(fragile_server: ExampleServer) -> No
 def test_percent_and_sigterm_through_the_cli(healthy_server: ExampleServer, tmp_path: Path) -> None:
     doc = pod_doc(healthy_server, count=None, percent=50, signal="SIGTERM", grace_s=5)
     doc["spec"].pop("count")
+    # A worker shutting down on SIGTERM closes its idle keep-alive connections: a probe request racing
+    # that close is lost (RemoteProtocolError). One lost of 18 (0.944) was seen on a loaded machine.
+    doc["spec"]["probe"]["http"]["min_success_ratio"] = 0.9
     stage_file = write_stage(tmp_path / "pod.yaml", doc)
     code, result = cli_json("run", str(stage_file), "--run-key", "pod-cli")
     assert (code, result["verdict"]) == (0, "passed"), result
