@@ -708,7 +708,7 @@ def data_corruption_10m() -> dict[str, Any]:
     and write of the same file, side by side; restore; peak Arrow memory against one row group."""
     import pyarrow.parquet as pq
 
-    from mlchaos_steps.api import restore_run, run_phase
+    from mlchaos_steps.api import restore_run, run_phase, wait_for_removals
     from mlchaos_steps.stages import parse_stage
 
     _fresh_home()
@@ -722,7 +722,7 @@ def data_corruption_10m() -> dict[str, Any]:
             "faults": [{"kind": "nulls", "columns": ["income"], "fraction": 0.01}], "seed": 7,
             "validation": {"command": [sys.executable, "-c", "print('[]')"]}}}
         stage = parse_stage(doc)
-        plain, inject, restore, snapshot, put_back, whole = [], [], [], [], [], []
+        plain, inject, restore, snapshot, put_back, whole, removal = [], [], [], [], [], [], []
         for i in range(REPEATS):
             plain.append(_plain_read_write(batch, root / "plain.parquet"))
             t0 = time.perf_counter()
@@ -736,19 +736,25 @@ def data_corruption_10m() -> dict[str, Any]:
             restore.append(time.perf_counter() - t0)
             put_back.append(output["actions"][0].get("seconds", 0.0))
             whole.append(output["actions"][0].get("whole_after_s", 0.0))
+            t0 = time.perf_counter()
+            wait_for_removals()
+            removal.append(time.perf_counter() - t0)
+            assert not (root / "features" / ".mlchaos-quarantine").exists()
         ratio = [a / b for a, b in zip(inject, plain, strict=True)]
         run_phase(stage, "snapshot", "peak")
         proc = subprocess.run([sys.executable, "-c", PEAK_MEMORY_SCRIPT, json.dumps(doc), "peak"],
                               capture_output=True, text=True, check=True, env={**os.environ})
         restore_run("peak")
+        wait_for_removals()
         memory = {**json.loads(proc.stdout.strip().splitlines()[-1]), "row_group_bytes": row_group_bytes}
         return {
             "what": "inject phase of data-corruption (nulls on 1% of the rows of one column: the file moved into "
                     "quarantine through the ledger, the corrupted copy written a row group at a time, the "
                     "corrupted rows written beside it) against pyarrow reading and writing the same file a row "
                     "group at a time, side by side in each repeat; restore = the whole restore phase (ledger, locks, "
-                    "journal); within it, putting the batch back (put_back: two renames, then the corrupted copy "
-                    "deleted) and the time until the batch is whole again (after the renames)",
+                    "journal, the store whole: two renames); within it, putting the batch back (put_back) and the "
+                    "time until the batch is whole again (after the renames); then, after the phase, the removal "
+                    "of the corrupted copy from the quarantine (recorded in the ledger; waited for here)",
             "rows": DATA_ROWS, "file_bytes": batch.stat().st_size,
             "row_groups": pq.ParquetFile(batch).num_row_groups,
             "inject_seconds": stats(inject, 3), "plain_read_write_seconds": stats(plain, 3),
@@ -756,6 +762,7 @@ def data_corruption_10m() -> dict[str, Any]:
             "restore_seconds": stats(restore, 4), "target_restore_seconds_max": 0.05,
             "restore_put_back_seconds": stats(put_back, 4),
             "restore_until_whole_seconds": stats(whole, 4),
+            "removal_of_corrupted_copy_after_restore_seconds": stats(removal, 4),
             "snapshot_seconds_incl_digest_and_validator": stats(snapshot, 3),
             "peak_memory": {**memory, "arrow_peak_over_row_group": round(memory["arrow_peak_bytes"]
                                                                          / memory["row_group_bytes"], 2),

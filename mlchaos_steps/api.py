@@ -20,13 +20,13 @@ from __future__ import annotations
 
 from typing import Any
 
-from mlchaos_steps.engine import phases
+from mlchaos_steps.engine import phases, removals
 from mlchaos_steps.engine.observers import Observer
 from mlchaos_steps.engine.phases import PHASES, Phase, PhaseResult, StageOutcome, new_run_key, open_runs
 from mlchaos_steps.gate.reporting import MlflowReporter
 
 __all__ = ["PHASES", "Phase", "PhaseResult", "StageOutcome", "new_run_key", "open_runs", "restore_orphaned",
-           "restore_run", "run_phase", "run_stage"]
+           "restore_run", "run_phase", "run_stage", "wait_for_removals"]
 
 
 def _observer(kw: dict[str, Any]) -> dict[str, Any]:
@@ -52,3 +52,9 @@ def restore_run(run_key: str, **kw: Any) -> dict[str, Any]:
 def restore_orphaned(**kw: Any) -> list[dict[str, Any]]:
     """:func:`mlchaos_steps.engine.phases.restore_orphaned`, telling each version whether it restored."""
     return phases.restore_orphaned(**_observer(kw))
+
+
+def wait_for_removals() -> None:
+    """Wait until the damaged copies the restores of this process set aside are removed
+    (:mod:`mlchaos_steps.engine.removals`)."""
+    removals.wait()

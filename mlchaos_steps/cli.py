@@ -178,10 +178,11 @@ def _table(results: list[dict[str, Any]]) -> None:
 
 
 def _cmd_restore(args: argparse.Namespace) -> int:
-    from mlchaos_steps.api import open_runs, restore_orphaned, restore_run
+    from mlchaos_steps.api import open_runs, restore_orphaned, restore_run, wait_for_removals
 
     if args.orphaned:
         results = restore_orphaned(older_than_s=args.older_than)
+        wait_for_removals()
         left_open = [r for r in open_runs(older_than_s=args.older_than) if not r["orphaned"]]
         _print({"restored": results, "left_open": left_open}, args.result_file)
         if left_open and not args.json:
@@ -190,6 +191,7 @@ def _cmd_restore(args: argparse.Namespace) -> int:
                               for r in left_open), file=sys.stderr)
         return 3 if any("error" in r for r in results) else 0
     _print(restore_run(args.run_key), args.result_file)
+    wait_for_removals()  # the damaged copies restore set aside (the ledger names them until they are gone)
     return 0
 
 

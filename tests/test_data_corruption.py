@@ -312,3 +312,42 @@ def test_inject_is_not_skipped_because_snapshot_took_a_backup(data: Path) -> Non
     assert run_phase(stage, "inject", "phases").status == "ok"
     assert run_phase(stage, "inject", "phases").status == "skipped"  # retries never inject twice
     restore_run("phases")
+
+
+DIES_AFTER_RESTORE = """
+import os, signal, sys
+from mlchaos_steps.engine import phases, removals
+removals.start = lambda *args: None  # the process is killed before its removal thread runs
+phases.restore_run(sys.argv[1])
+os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+@pytest.mark.parametrize("touched", [False, True])
+def test_a_removal_a_dead_process_left_is_finished_by_restore_orphaned(data: Path, touched: bool) -> None:
+    """Restore puts the batch back with two renames and removes the corrupted copy after the phase; killed
+    in between, the copy waits in quarantine, named in the ledger, until `restore --orphaned` removes it
+    (only while it is exactly the copy the stage wrote: one written to since is kept as evidence)."""
+    from mlchaos_steps.api import restore_orphaned, run_phase
+    from mlchaos_steps.ledgers import SqliteLedger
+
+    before = tree_digests(data)
+    stage = parse_stage(_doc(data, prepare=None))
+    run_phase(stage, "snapshot", "killed")
+    run_phase(stage, "inject", "killed")
+    died = subprocess.run([sys.executable, "-c", DIES_AFTER_RESTORE, "killed"], capture_output=True, text=True)
+    assert died.returncode == -9, died.stderr
+    left = [k for k in tree_digests(data) if ".mlchaos-quarantine/" in k]
+    assert left and all(".removing" in k for k in left), left
+    assert {k: v for k, v in tree_digests(data).items() if k not in left} == before  # the batch is whole
+    assert SqliteLedger().get("killed").state["removals"]["entries"]  # type: ignore[union-attr]
+    if touched:
+        with open(data / left[0], "ab") as f:
+            f.write(b"written after restore set it aside")
+    done = restore_orphaned(older_than_s=0)
+    assert [d["run_key"] for d in done] == ["killed"], done
+    after = tree_digests(data)
+    assert [k for k in after if ".mlchaos-quarantine/" in k] == (left if touched else [])
+    assert {k: v for k, v in after.items() if k not in left} == before
+    assert ("kept" in done[0]["removed"][0]) == touched, done
+    assert not SqliteLedger().get("killed").state.get("removals")  # type: ignore[union-attr]

@@ -77,7 +77,7 @@ class ChaosPhaseOperator(BaseOperator):
         return f"{context['dag'].dag_id}/{context['run_id']}/{self.stage_key}"
 
     def execute(self, context: Any) -> Any:
-        from mlchaos_steps.api import restore_run, run_phase
+        from mlchaos_steps.api import restore_run, run_phase, wait_for_removals
         from mlchaos_steps.errors import MlchaosError
         from mlchaos_steps.stages import parse_stage
 
@@ -88,6 +88,8 @@ class ChaosPhaseOperator(BaseOperator):
                 return restore_run(key)
             except MlchaosError as exc:
                 raise AirflowFailException(redact_text(str(exc))) from exc
+            finally:
+                wait_for_removals()  # the damaged copies restore set aside, before the task ends
         stage = parse_stage(self.stage_document)
         try:
             result = run_phase(stage, self.phase, key, model=self.model or None, version=self.version or None)  # type: ignore[arg-type]

@@ -38,6 +38,7 @@ from mlchaos_steps.core.records import (
 )
 from mlchaos_steps.core.spec import StageSpec
 from mlchaos_steps.core.verdict import Verdict
+from mlchaos_steps.engine import removals
 from mlchaos_steps.engine.journal import write_journal
 from mlchaos_steps.engine.locks import run_key_lock, target_locks
 from mlchaos_steps.engine.observers import Observer, SilentObserver
@@ -178,7 +179,9 @@ def run_phase(
     if not run_key:
         raise SpecError("--run-key", "is required to run a single phase: phases share state through it")
     if phase == "restore":
-        return PhaseResult("restore", run_key, "ok", restore_run(run_key, ledger=ledger, observer=observer))
+        output = restore_run(run_key, ledger=ledger, observer=observer)
+        removals.wait()  # a phase in a process of its own: done only when its damaged copies are gone
+        return PhaseResult("restore", run_key, "ok", output)
     ledger = ledger or default_ledger()
     if dry_run:
         if phase != "snapshot":
@@ -230,7 +233,8 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef |
 
 def _undo_snapshot(cls: type[StageSpec], run_key: str, ledger: Ledger) -> ExecutionStatus:
     """Undo the actions a failed snapshot took; RESTORE_FAILED (restore retries them) if one fails."""
-    _, errors = _undo_actions(cls, PhaseContext(run_key, ledger, ledger.get(run_key)))
+    done, errors = _undo_actions(cls, PhaseContext(run_key, ledger, ledger.get(run_key)))
+    removals.remove_now(removals.collect(done))
     return ExecutionStatus.RESTORE_FAILED if errors else ExecutionStatus.RESTORED
 
 
@@ -361,6 +365,7 @@ def _restore(run_key: str, ledger: Ledger, observer: Observer) -> dict[str, Any]
         # Read what is pending only now, under the locks: never undo from a stale record.
         ctx = PhaseContext(run_key, ledger, ledger.get(run_key) or execution)
         done, errors = _undo_actions(cls, ctx)
+        set_aside = removals.collect(done)
         checks: dict[str, Any] = {}
         if not errors and done:
             try:
@@ -377,7 +382,9 @@ def _restore(run_key: str, ledger: Ledger, observer: Observer) -> dict[str, Any]
         ledger.release_leases(run_key)
     execution, journal = record.write(
         "failed" if errors else "ok", output, error="; ".join(errors) or None,
-        status=ExecutionStatus.RESTORE_FAILED if errors else ExecutionStatus.RESTORED)
+        status=ExecutionStatus.RESTORE_FAILED if errors else ExecutionStatus.RESTORED,
+        state=removals.record(set_aside) if set_aside else None)
+    removals.start(run_key, ledger, set_aside)
     try:  # the version's restore tag stays `pending` if this fails: the gate blocks, the safe side
         observer.restored(execution, not errors, journal)
     except Exception as exc:
@@ -446,9 +453,10 @@ def open_runs(*, older_than_s: float = 3600.0, ledger: Ledger | None = None) -> 
 
 def restore_orphaned(*, older_than_s: float = 3600.0, ledger: Ledger | None = None,
                      observer: Observer = SILENT) -> list[dict[str, Any]]:
-    """Restore every run an earlier crash left unrestored (see :func:`open_runs`); returns what was done."""
+    """Restore every run an earlier crash left unrestored (see :func:`open_runs`), and finish the removals
+    of damaged copies a dead process left (see :mod:`.removals`); returns what was done."""
     ledger = ledger or default_ledger()
-    results = []
+    results: list[dict[str, Any]] = removals.finish_orphaned(ledger)
     for entry in open_runs(older_than_s=older_than_s, ledger=ledger):
         if not entry["orphaned"]:
             continue
@@ -493,6 +501,7 @@ def _run_all(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, 
         verdict = Verdict.inconclusive(f"interrupted ({type(exc).__name__}): the stage did not finish")
     finally:  # bad input (SpecError) propagates, after restore
         restore_error = _final_restore(run_key, ledger, verdict, observer, results)
+        removals.wait()
     execution = ledger.get(run_key)
     journal = _journal(execution, ledger) if execution else None
     if interrupted is not None:

@@ -29,6 +29,8 @@ from mlchaos_steps.targets.checkpoints import CheckpointStore
 
 # (source in quarantine, staging path) -> extra undo fields; writes the damaged copy at staging.
 DamageWriter = Callable[[str, str], dict[str, Any]]
+# The key of a restore result that names the stage's own damaged copy, set aside for removal after the phase.
+DISCARD = "discard"
 
 
 def replace(ctx: PhaseContext, store: CheckpointStore, kind: str, victim: dict[str, Any], run_dir: str,
@@ -83,15 +85,15 @@ def put_back(store: CheckpointStore, undo: dict[str, Any], is_own_damage: Callab
     if store.local and _unchanged(store, original, undo.get("damaged_on_disk")) \
             and _unchanged(store, quarantine, undo.get("on_disk")):
         # Both as this stage left them, inode for inode: no byte was written to either since (a write
-        # changes size or mtime), so no digest to recompute. Two renames make the store whole; deleting
-        # the damaged copy (slow for a large file) comes after.
+        # changes size or mtime), so no digest to recompute. Two renames make the store whole; the damaged
+        # copy (slow to delete when large: the kernel frees every block) is removed after the phase (see
+        # ``discard``): the ledger records it, and ``restore --orphaned`` finishes it after a crash.
         store.move(original, trash)
         store.move(quarantine, original)
         whole_after_s = time.perf_counter() - started
-        store.remove(trash)
-        remove_empty_quarantine(store, quarantine)
         return {**result, "removed_own_damage": True, "verified_on_disk": True,
-                "whole_after_s": round(whole_after_s, 6)}
+                "whole_after_s": round(whole_after_s, 6),
+                DISCARD: {"store": store.url, "path": trash, "on_disk": undo["damaged_on_disk"]}}
     if store.exists(original):
         current = store.digest(original)
         if current == digest:
@@ -147,6 +149,22 @@ def _clear_leftovers(store: CheckpointStore, undo: dict[str, Any], staging: str,
             store.remove(undo["original"])  # a copy of our staging cut short by a crash
         store.remove(staging)
         result["removed_own_damage"] = True
+
+
+def discard(entry: dict[str, Any]) -> dict[str, Any]:
+    """Remove a damaged copy ``put_back`` set aside (``entry`` is its result's ``DISCARD``); idempotent.
+    Only if it is still exactly what the stage wrote (same entries, sizes, mtimes, inodes): anything else
+    is left in quarantine as evidence."""
+    store = CheckpointStore(entry["store"])
+    path = entry["path"]
+    if not store.exists(path):
+        remove_empty_quarantine(store, path)
+        return {"path": path, "note": "already removed"}
+    if not _unchanged(store, path, entry.get("on_disk")):
+        return {"path": path, "kept": "changed since restore set it aside: kept in quarantine as evidence"}
+    store.remove(path)
+    remove_empty_quarantine(store, path)
+    return {"path": path, "removed": True}
 
 
 def remove_empty_quarantine(store: CheckpointStore, quarantine: str) -> None:
