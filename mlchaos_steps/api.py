@@ -3,7 +3,9 @@
 Same functions as :mod:`mlchaos_steps.engine`, handed the
 :class:`~mlchaos_steps.gate.reporting.MlflowReporter` unless another observer is given: the verdict
 goes onto the model version (``--model/--version``, or the one the stage works on) and, whenever
-``MLFLOW_TRACKING_URI`` is set, into an evidence run in experiment ``mlchaos``.
+``MLFLOW_TRACKING_URI`` is set, into an evidence run in experiment ``mlchaos``; beside it the
+:class:`~mlchaos_steps.telemetry.observer.TelemetryObserver` exports traces and pushes metrics when
+they are configured.
 
 Example::
 
@@ -21,9 +23,10 @@ from __future__ import annotations
 from typing import Any
 
 from mlchaos_steps.engine import phases, removals
-from mlchaos_steps.engine.observers import Observer
+from mlchaos_steps.engine.observers import Observer, Observers
 from mlchaos_steps.engine.phases import PHASES, Phase, PhaseResult, StageOutcome, new_run_key, open_runs
 from mlchaos_steps.gate.reporting import MlflowReporter
+from mlchaos_steps.telemetry.observer import TelemetryObserver
 
 __all__ = ["PHASES", "Phase", "PhaseResult", "StageOutcome", "new_run_key", "open_runs", "restore_orphaned",
            "restore_run", "run_phase", "run_stage", "wait_for_removals"]
@@ -31,7 +34,8 @@ __all__ = ["PHASES", "Phase", "PhaseResult", "StageOutcome", "new_run_key", "ope
 
 def _observer(kw: dict[str, Any]) -> dict[str, Any]:
     observer: Observer | None = kw.pop("observer", None)
-    return {**kw, "observer": observer if observer is not None else MlflowReporter()}
+    return {**kw, "observer": observer if observer is not None
+            else Observers(MlflowReporter(), TelemetryObserver(kw.get("ledger")))}
 
 
 def run_stage(stage: Any, run_key: str | None = None, **kw: Any) -> StageOutcome:

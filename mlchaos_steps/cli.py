@@ -131,7 +131,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         if args.phase == "all":
             outcome = run_stage(stage, key, dry_run=args.dry_run, model=args.model, version=args.model_version)
             results.append({
-                "run_key": key, "stage": stage.stage_id, "verdict": outcome.verdict.status,
+                "run_key": key, "stage": stage.stage_id, "trace_id": outcome.trace_id,
+                "verdict": outcome.verdict.status,
                 "reason": outcome.verdict.reason, "metrics": outcome.verdict.metrics,
                 "restored": outcome.restored, "restore_error": outcome.restore_error,
                 "journal": str(outcome.journal) if outcome.journal else None,
@@ -142,7 +143,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             result = run_phase(stage, args.phase, key, dry_run=args.dry_run, model=args.model,
                                version=args.model_version)
             entry: dict[str, Any] = {"run_key": key, "stage": stage.stage_id, "phase": args.phase,
-                                     "status": result.status, "output": result.output}
+                                     "trace_id": result.trace_id, "status": result.status, "output": result.output}
             if result.verdict:
                 entry.update(verdict=result.verdict.status, reason=result.verdict.reason)
                 code = max(code, result.verdict.exit_code)

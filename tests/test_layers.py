@@ -125,7 +125,7 @@ def test_the_engine_does_not_import_the_gate() -> None:
 
 
 # The order of the README's Layout: each package or root module imports only those before it.
-LAYERS = ["errors", "config", "redaction", "core", "targets", "ledgers", "verification", "gate", "stages",
+LAYERS = ["errors", "config", "redaction", "core", "targets", "ledgers", "telemetry", "verification", "gate", "stages",
           "engine", "api", "argo", "hera", "asgi", "rollouts", "examples", "airflow", "ctk", "demo", "cli"]
 
 

@@ -95,8 +95,9 @@ class ChaosPhaseOperator(BaseOperator):
             result = run_phase(stage, self.phase, key, model=self.model or None, version=self.version or None)  # type: ignore[arg-type]
         except MlchaosError as exc:
             raise AirflowFailException(redact_text(f"{self.phase} of {stage.stage_id}: {exc}")) from exc
+        self.log.info("%s of run %s: trace id %s", self.phase, key, result.trace_id)
         if self.phase != "verify":
-            return {"status": result.status, "run_key": key}
+            return {"status": result.status, "run_key": key, "trace_id": result.trace_id}
         verdict = result.verdict
         assert verdict is not None
         from mlchaos_steps.ledgers import default_ledger
@@ -109,7 +110,7 @@ class ChaosPhaseOperator(BaseOperator):
             except Exception as exc:  # a missing link never changes the verdict
                 self.log.warning("no MLflow link: %s", exc)
         summary = {"verdict": verdict.status, "reason": verdict.reason, "metrics": verdict.metrics, "run_key": key,
-                   "mlflow_run_id": run_id}
+                   "mlflow_run_id": run_id, "trace_id": result.trace_id}
         if verdict.status != "passed":
             raise AirflowFailException(f"{stage.stage_id} verdict {verdict.status}: {verdict.reason}")
         return summary

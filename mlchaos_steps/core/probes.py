@@ -14,6 +14,8 @@ from typing import Any
 
 import httpx
 
+from mlchaos_steps.core import tracecontext
+
 # What a request can raise when the other side is not there or misbehaves.
 NETWORK_ERRORS: tuple[type[BaseException], ...] = (OSError, httpx.HTTPError)
 
@@ -47,7 +49,8 @@ def http_request(url: str, timeout_s: float, method: str = "GET", body: bytes | 
     OSError (``TimeoutError`` when it timed out, ``ConnectionError`` otherwise), as a socket would."""
     try:
         response = _shared_client().request(method, url, content=body, timeout=timeout_s,
-                                            headers={"Connection": "close", **(headers or {})})
+                                            headers={"Connection": "close", **tracecontext.headers(),
+                                                     **(headers or {})})
     except httpx.TimeoutException as exc:
         raise TimeoutError(f"{type(exc).__name__}: {exc}") from exc
     except httpx.TransportError as exc:

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import psutil
 
+from mlchaos_steps.core import tracecontext
 from mlchaos_steps.core.waiting import wait_until
 
 # SIGTERM first, then SIGKILL this soon: the kill switch must act within a second, whatever the
@@ -103,8 +104,8 @@ def run_command(argv: list[str], *, env: dict[str, str] | None = None, cwd: str 
     and the exception propagates. ``on_start`` gets the pid (= process group id) as soon as it exists.
     """
     started = time.monotonic()
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen(argv, cwd=cwd, env=tracecontext.child_env(env), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
     readers = [_Reader(proc.stdout), _Reader(proc.stderr)]
     for reader in readers:
         reader.start()

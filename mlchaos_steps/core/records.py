@@ -43,6 +43,8 @@ EVIDENCE_RUN_ID = "mlflow_run_id"    # the MLflow run that holds the evidence of
 # Ledger actions a snapshot took before anything broke (a backup of a store the system under test will
 # write into): they are restored like the fault's, but they are not the fault.
 SNAPSHOT_ACTIONS = "snapshot_actions"
+# The execution's trace (core.tracecontext): {"trace_id", "span_id" of its root span}.
+TRACE = "trace"
 
 
 class ExecutionStatus(StrEnum):

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from mlchaos_steps.core.records import Execution
+from mlchaos_steps.core.records import TRACE, Execution
 from mlchaos_steps.redaction import redact
 
 __all__ = ["build_journal", "experiment_for", "write_journal"]
@@ -115,6 +115,7 @@ def build_journal(execution: Execution, title: str) -> dict[str, Any]:
     journal["mlchaos"] = redact({
         "run_key": execution.run_key,
         "stage_id": execution.stage_id,
+        "trace_id": (execution.state.get(TRACE) or {}).get("trace_id"),
         "status": execution.status,
         "verdict": verdict,
         "verdict_detail": execution.verdict_detail,

@@ -21,14 +21,16 @@ import time
 import traceback
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mlchaos_steps.core import tracecontext
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch
 from mlchaos_steps.core.records import (
     SNAPSHOT_ACTIONS,
+    TRACE,
     ActionState,
     Execution,
     ExecutionStatus,
@@ -66,6 +68,7 @@ class PhaseResult:
     output: dict[str, Any] = field(default_factory=dict)
     verdict: Verdict | None = None
     journal: Path | None = None
+    trace_id: str | None = None  # the execution's correlation id (core.tracecontext)
 
 
 @dataclass
@@ -79,6 +82,7 @@ class StageOutcome:
     restore_error: str | None = None
     journal: Path | None = None
     phases: list[PhaseResult] = field(default_factory=list)
+    trace_id: str | None = None
 
     @property
     def exit_code(self) -> int:
@@ -95,36 +99,54 @@ def _journal(execution: Execution, ledger: Ledger) -> Path:
 
 
 class _PhaseRecord:
-    """What every phase does around its own work, written once: timing, the phase's entry in the ledger
-    (output redacted, error described) and the journal."""
+    """What every phase does around its own work, written once: timing, the phase's span of the
+    execution's trace (its ``traceparent`` current while the phase runs), the phase's entry in the ledger
+    (output redacted, error described), the journal, and the observer told."""
 
     def __init__(self, ledger: Ledger, run_key: str, phase: str,
-                 status_on_error: ExecutionStatus | None = None) -> None:
+                 status_on_error: ExecutionStatus | None = None, observer: Observer | None = None) -> None:
         self.ledger, self.run_key, self.phase = ledger, run_key, phase
         self.started = time.time()
         self.status_on_error = status_on_error
+        self.observer = observer or SILENT
+        execution = ledger.get(run_key)
+        self.trace = dict((execution.state.get(TRACE) if execution else None) or {})
+        self.span_id = tracecontext.new_span_id()
+        self._active = ExitStack()
+        if self.trace:
+            self._active.enter_context(tracecontext.active(self.trace["trace_id"], self.span_id))
 
     def write(self, phase_status: str, output: dict[str, Any] | None = None, error: str | None = None,
               **update: Any) -> tuple[Execution, Path]:
+        self._active.close()
         record = {"start": self.started, "end": time.time(), "status": phase_status,
-                  "output": redact(output or {})}
+                  "output": redact(output or {}), "span_id": self.span_id}
         if error:
             record["error"] = error
         execution = self.ledger.update(self.run_key, phase=(self.phase, record), **update)
+        try:  # telemetry never changes a verdict nor stops a phase
+            self.observer.phase_ended(execution, self.phase, record)
+        except Exception as exc:
+            log.warning("could not report phase %s of %s: %s", self.phase, self.run_key, exc)
         return execution, _journal(execution, self.ledger)
+
+    def close(self) -> None:
+        self._active.close()
 
 
 @contextmanager
-def _recording(ledger: Ledger, run_key: str, phase: str, *,
-               status_on_error: ExecutionStatus | None = None) -> Iterator[_PhaseRecord]:
+def _recording(ledger: Ledger, run_key: str, phase: str, *, status_on_error: ExecutionStatus | None = None,
+               observer: Observer | None = None) -> Iterator[_PhaseRecord]:
     """Time a phase; when its work raises, record the failure (and ``status_on_error``) and re-raise."""
-    record = _PhaseRecord(ledger, run_key, phase, status_on_error)
+    record = _PhaseRecord(ledger, run_key, phase, status_on_error, observer)
     try:
         yield record
     except BaseException as exc:
         if ledger.get(run_key) is not None:  # bad input in snapshot leaves no trace to record onto
             record.write("failed", error=_describe(exc), status=record.status_on_error)
         raise
+    finally:
+        record.close()
 
 
 def _phase_ok(execution: Execution, phase: str) -> bool:
@@ -174,6 +196,20 @@ def run_phase(
     written onto after ``verify``; stages about a model version (registry, canary) default to theirs.
     ``observer`` is told about the lifecycle (see :mod:`mlchaos_steps.engine.observers`).
     """
+    ledger = ledger or default_ledger()
+    result = _run_phase(stage, phase, run_key, dry_run, ledger, model, version, observer, _hold_owner)
+    if result.status != "dry-run":
+        result.trace_id = trace_id_of(ledger.get(run_key))
+    return result
+
+
+def trace_id_of(execution: Execution | None) -> str | None:
+    """The execution's correlation id: the trace id its phases' spans and commands carry."""
+    return (execution.state.get(TRACE) or {}).get("trace_id") if execution else None
+
+
+def _run_phase(stage: StageSpec, phase: Phase, run_key: str, dry_run: bool, ledger: Ledger, model: str | None,
+               version: str | None, observer: Observer, _hold_owner: bool) -> PhaseResult:
     if phase not in PHASES:
         raise SpecError("--phase", f"unknown phase {phase!r}: use one of {', '.join(PHASES)} or all")
     if not run_key:
@@ -182,7 +218,6 @@ def run_phase(
         output = restore_run(run_key, ledger=ledger, observer=observer)
         removals.wait()  # a phase in a process of its own: done only when its damaged copies are gone
         return PhaseResult("restore", run_key, "ok", output)
-    ledger = ledger or default_ledger()
     if dry_run:
         if phase != "snapshot":
             return PhaseResult(phase, run_key, "dry-run", {"note": "dry run: nothing to do after snapshot"})
@@ -193,7 +228,7 @@ def run_phase(
             if phase == "snapshot":
                 return _snapshot(stage, run_key, ledger, _resolve(model, version), observer)
             if phase == "inject":
-                return _inject(stage, run_key, ledger)
+                return _inject(stage, run_key, ledger, observer)
             return _verify(stage, run_key, ledger, model, version, observer)
         finally:
             # Between phases nobody owns the run; `restore --orphaned` tells a crash by a dead owner.
@@ -213,9 +248,12 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef |
     check_kill_switch()
     ledger.create(run_key, stage.kind, stage.stage_id, _ledger_spec(stage))
     ledger.claim(run_key)
+    if existing is None or not existing.state.get(TRACE):  # the correlation id, kept for every phase
+        ledger.update(run_key, state={TRACE: tracecontext.new_trace()})
     # A failed snapshot broke nothing: the execution is closed (restored) at once, once what it took
     # (backups of stores the system writes into) is put back.
-    with _recording(ledger, run_key, "snapshot", status_on_error=ExecutionStatus.RESTORED) as record:
+    with _recording(ledger, run_key, "snapshot", status_on_error=ExecutionStatus.RESTORED,
+                    observer=observer) as record:
         try:
             output = _take_snapshot(stage, PhaseContext(run_key, ledger, ledger.get(run_key)), target, observer)
         except BaseException as exc:
@@ -268,7 +306,7 @@ def _take_snapshot(stage: StageSpec, ctx: PhaseContext, target: ModelRef | None,
     return output
 
 
-def _inject(stage: StageSpec, run_key: str, ledger: Ledger) -> PhaseResult:
+def _inject(stage: StageSpec, run_key: str, ledger: Ledger, observer: Observer) -> PhaseResult:
     execution = ledger.get(run_key)
     if execution is None or not _phase_ok(execution, "snapshot"):
         raise SpecError("--phase inject", f"no snapshot for run key {run_key!r}: run `--phase snapshot` first")
@@ -280,7 +318,7 @@ def _inject(stage: StageSpec, run_key: str, ledger: Ledger) -> PhaseResult:
                            {"note": "already injected under this run key: retries never inject twice"})
     check_kill_switch()
     ledger.claim(run_key)
-    with _recording(ledger, run_key, "inject") as record:
+    with _recording(ledger, run_key, "inject", observer=observer) as record:
         with target_locks(stage.target_ids()):
             output = stage.inject(PhaseContext(run_key, ledger, execution))
         _, journal = record.write("ok", output, status=ExecutionStatus.INJECTED)
@@ -298,8 +336,11 @@ def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, v
         return PhaseResult("verify", run_key, "skipped", recorded.model_dump(mode="json"), verdict=recorded,
                            journal=_journal(execution, ledger))
     ledger.claim(run_key)
-    record = _PhaseRecord(ledger, run_key, "verify")
-    verdict, error = _judge(stage, PhaseContext(run_key, ledger, execution))
+    record = _PhaseRecord(ledger, run_key, "verify", observer=observer)
+    try:
+        verdict, error = _judge(stage, PhaseContext(run_key, ledger, execution))
+    finally:
+        record.close()
     # Reasons quote what the system said (exceptions, URLs, output): no secret leaves in them.
     verdict = verdict.model_copy(update={"reason": redact(verdict.reason), "evidence": redact(verdict.evidence)})
     execution, journal = record.write(
@@ -360,8 +401,9 @@ def _restore(run_key: str, ledger: Ledger, observer: Observer) -> dict[str, Any]
     if execution is None:
         return {"restored": 0, "note": f"nothing recorded under run key {run_key!r}"}
     cls = stage_class(execution.kind)
-    record = _PhaseRecord(ledger, run_key, "restore")
-    with target_locks(_target_ids(cls, execution)):
+    record = _PhaseRecord(ledger, run_key, "restore", observer=observer)
+    with ExitStack() as stack, target_locks(_target_ids(cls, execution)):
+        stack.callback(record.close)
         # Read what is pending only now, under the locks: never undo from a stale record.
         ctx = PhaseContext(run_key, ledger, ledger.get(run_key) or execution)
         done, errors = _undo_actions(cls, ctx)
@@ -377,13 +419,16 @@ def _restore(run_key: str, ledger: Ledger, observer: Observer) -> dict[str, Any]
                 checks.update(cls.release_targets(ctx))
             except Exception as exc:
                 errors.append(f"releasing the targets: {exc}")
-    output = {"restored": len(done), "actions": done, "errors": errors, **({"checks": checks} if checks else {})}
+    output = {"restored": len(done), "actions": done, "errors": errors, **({"checks": checks} if checks else {}),
+              "trace_id": trace_id_of(execution)}
     if not errors:
         ledger.release_leases(run_key)
+    state = removals.record(set_aside) if set_aside else {}
+    if errors:  # counted: a restore that failed before it succeeded still happened
+        state["restore_failures"] = int(execution.state.get("restore_failures") or 0) + 1
     execution, journal = record.write(
         "failed" if errors else "ok", output, error="; ".join(errors) or None,
-        status=ExecutionStatus.RESTORE_FAILED if errors else ExecutionStatus.RESTORED,
-        state=removals.record(set_aside) if set_aside else None)
+        status=ExecutionStatus.RESTORE_FAILED if errors else ExecutionStatus.RESTORED, state=state or None)
     removals.start(run_key, ledger, set_aside)
     try:  # the version's restore tag stays `pending` if this fails: the gate blocks, the safe side
         observer.restored(execution, not errors, journal)
@@ -485,7 +530,7 @@ def run_stage(
         if existing and existing.status == ExecutionStatus.RESTORED and existing.verdict_detail:
             _same_spec(existing, stage)
             return StageOutcome(run_key, stage.stage_id, Verdict.model_validate(existing.verdict_detail), True,
-                                journal=_journal(existing, ledger))
+                                journal=_journal(existing, ledger), trace_id=trace_id_of(existing))
         return _run_all(stage, run_key, ledger, model, version, observer)
 
 
@@ -507,7 +552,8 @@ def _run_all(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, 
     if interrupted is not None:
         raise interrupted
     assert verdict is not None
-    return StageOutcome(run_key, stage.stage_id, verdict, restore_error is None, restore_error, journal, results)
+    return StageOutcome(run_key, stage.stage_id, verdict, restore_error is None, restore_error, journal, results,
+                        trace_id_of(execution))
 
 
 def _first_three(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef | None, observer: Observer,

@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import time
 from collections.abc import Iterator
@@ -31,6 +32,7 @@ from mlchaos_steps.gate.integrity import artifacts_intact
 from mlchaos_steps.targets.mlflow import client, is_not_found, resolve_version, tracking_uri
 
 PREVIOUS_ALIAS = "previous_champion"
+log = logging.getLogger("mlchaos")
 
 
 @dataclass
@@ -184,7 +186,18 @@ def promote(model: str, version: str, require: list[str], alias: str = "champion
     except MlflowException as exc:  # the gate never decides on a partial answer: nothing is promoted
         raise InfrastructureError(f"the gate could not complete against MLflow at {tracking_uri()}: nothing was "
                                   f"promoted ({exc})") from exc
+    _count_decision(ref.name, "promoted" if ok else "blocked")
     return GateDecision(ref.name, ref.version, alias, ok, reason, verdicts, previous, round(decide_seconds, 4))
+
+
+def _count_decision(model: str, decision: str) -> None:
+    """``mlchaos_gate_decisions_total`` (pushed when a Pushgateway is configured); never changes the decision."""
+    from mlchaos_steps.telemetry.metrics import count_gate_decision
+
+    try:
+        count_gate_decision(model, decision, config.home())
+    except Exception as exc:
+        log.warning("could not count the gate decision on %s: %s", model, exc)
 
 
 def _alias(model: str, alias: str) -> str | None:

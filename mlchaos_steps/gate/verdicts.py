@@ -67,16 +67,19 @@ def verdict_detail_tags(stage_id: str, verdict: Verdict, run_id: str, run_key: s
     return tags
 
 
-def mark_pending(model: ModelRef, stage_id: str, run_key: str) -> None:
-    """A run of this stage started on the version: the gate blocks until it finishes and restores."""
+def mark_pending(model: ModelRef, stage_id: str, run_key: str, trace_id: str | None = None) -> None:
+    """A run of this stage started on the version: the gate blocks until it finishes and restores.
+    ``trace_id``: the execution's correlation id (its trace in a tracing backend)."""
     c = client()
     c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.verdict", PENDING)
     c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.run_key", run_key)
+    if trace_id:
+        c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.trace_id", trace_id)
     c.set_model_version_tag(model.name, model.version, f"mlchaos.{stage_id}.restore", PENDING)
 
 
 def log_execution(stage_id: str, kind: str, spec: dict[str, Any], verdict: Verdict, run_key: str,
-                  journal: Path | None, model: ModelRef | None) -> str:
+                  journal: Path | None, model: ModelRef | None, trace_id: str | None = None) -> str:
     """Log one MLflow run of evidence in experiment ``mlchaos``; return its id. The run stays RUNNING
     until :func:`finish_execution`: only a finished run stands behind a verdict."""
     from mlflow.entities import Metric, Param
@@ -86,6 +89,8 @@ def log_execution(stage_id: str, kind: str, spec: dict[str, Any], verdict: Verdi
             "mlflow.runName": f"{stage_id} {run_key}"[:250], **pipeline_identity()}
     if model:
         tags.update({"mlchaos.model": model.name, "mlchaos.model_version": model.version})
+    if trace_id:
+        tags["mlchaos.trace_id"] = trace_id
     run = c.create_run(experiment_id(EXPERIMENT), tags=redact(tags))
     run_id = run.info.run_id
     params: dict[str, str] = {}
