@@ -32,13 +32,25 @@ ROLLOUTS_VERSION := v1.8.3
 ROLLOUTS_CRD := build/crds/rollout-crd.yaml
 # ... and its controller, built from the same module (about 4½ minutes the first time), then cached.
 ROLLOUTS_CONTROLLER := build/bin/rollouts-controller
+# The telemetry the tests read back: an OpenTelemetry Collector (OTLP in, OTLP JSON lines to a file out; the
+# smallest distribution, tools/otelcol, in the shape the collector builder writes), Prometheus and promtool,
+# and the Pushgateway, each built from its Go module.
+OTELCOL := build/bin/otelcol-mlchaos
+PROMETHEUS_MODULE := github.com/prometheus/prometheus
+PROMETHEUS_VERSION := v0.316.0
+PROMETHEUS := build/bin/prometheus
+PROMTOOL := build/bin/promtool
+PUSHGATEWAY_MODULE := github.com/prometheus/pushgateway
+PUSHGATEWAY_VERSION := v1.11.5
+PUSHGATEWAY := build/bin/pushgateway
+TELEMETRY := $(OTELCOL) $(PROMETHEUS) $(PROMTOOL) $(PUSHGATEWAY)
 
 # Tests run side by side in 6 processes (pytest-xdist, idle workers steal queued tests): most of them
 # wait on servers, recoveries and SLO windows, so 6 workers keep 2 cores busy. TEST_WORKERS=0 runs
 # them in this process, one by one.
 TEST_WORKERS ?= 6
 
-test: setup $(ARGO) $(CONTROLPLANE) $(ROLLOUTS_CRD) $(ROLLOUTS_CONTROLLER)
+test: setup $(ARGO) $(CONTROLPLANE) $(ROLLOUTS_CRD) $(ROLLOUTS_CONTROLLER) $(TELEMETRY)
 	ARGO_BIN=$(CURDIR)/$(ARGO) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 $(ARGO):
@@ -63,6 +75,30 @@ $(ROLLOUTS_CONTROLLER):
 	cp -r "$$(go env GOMODCACHE)/$(ROLLOUTS_MODULE)@$(ROLLOUTS_VERSION)" build/rollouts-src && chmod -R u+w build/rollouts-src
 	cd build/rollouts-src && go build -trimpath -o $(CURDIR)/$(ROLLOUTS_CONTROLLER) ./cmd/rollouts-controller
 	rm -rf build/rollouts-src
+
+$(OTELCOL): tools/otelcol/go.mod tools/otelcol/go.sum tools/otelcol/main.go tools/otelcol/components.go
+	mkdir -p build/bin
+	cd tools/otelcol && go build -trimpath -ldflags="-s -w" -o $(CURDIR)/$(OTELCOL) .
+
+# Prometheus 3 from its module: the UI's build output is not in it (the API needs none), and
+# remove_all_sd leaves out the cloud service discoveries (static and file targets are all the tests use).
+$(PROMETHEUS) $(PROMTOOL) &:
+	go mod download $(PROMETHEUS_MODULE)@$(PROMETHEUS_VERSION)
+	rm -rf build/prometheus-src && mkdir -p build/bin
+	cp -r "$$(go env GOMODCACHE)/$(PROMETHEUS_MODULE)@$(PROMETHEUS_VERSION)" build/prometheus-src
+	chmod -R u+w build/prometheus-src
+	cd build/prometheus-src && GOWORK=off CGO_ENABLED=0 go build -trimpath -tags remove_all_sd \
+		-ldflags "-s -w -X github.com/prometheus/common/version.Version=$$(cat VERSION)" \
+		-o $(CURDIR)/build/bin/ ./cmd/prometheus ./cmd/promtool
+	rm -rf build/prometheus-src
+
+$(PUSHGATEWAY):
+	go mod download $(PUSHGATEWAY_MODULE)@$(PUSHGATEWAY_VERSION)
+	rm -rf build/pushgateway-src && mkdir -p build/bin
+	cp -r "$$(go env GOMODCACHE)/$(PUSHGATEWAY_MODULE)@$(PUSHGATEWAY_VERSION)" build/pushgateway-src
+	chmod -R u+w build/pushgateway-src
+	cd build/pushgateway-src && GOWORK=off CGO_ENABLED=0 go build -trimpath -ldflags "-s -w" -o $(CURDIR)/$(PUSHGATEWAY) .
+	rm -rf build/pushgateway-src
 
 $(CONTROLPLANE): tools/controlplane/go.mod tools/controlplane/go.sum tools/controlplane/cmd/etcd/main.go
 	mkdir -p build/controlplane

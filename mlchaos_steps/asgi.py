@@ -28,7 +28,8 @@ async def read_body(receive: Any) -> bytes:
             return body
 
 
-async def respond(send: Any, status: int, payload: bytes, headers: list[tuple[bytes, bytes]]) -> None:
+async def respond(send: Any, status: int, payload: bytes, headers: list[tuple[bytes, bytes]],
+                  content_type: bytes = b"application/json") -> None:
     await send({"type": "http.response.start", "status": status,
-                "headers": [(b"content-type", b"application/json"), *headers]})
+                "headers": [(b"content-type", content_type), *headers]})
     await send({"type": "http.response.body", "body": payload})

@@ -246,7 +246,7 @@ def _cmd_ledger(args: argparse.Namespace) -> int:
 def _cmd_schema(args: argparse.Namespace) -> int:
     from mlchaos_steps.stages import stage_schema
 
-    _print(stage_schema())
+    print(json.dumps(stage_schema(), indent=2))  # a schema names secret fields; it holds no secret to redact
     return 0
 
 

@@ -30,6 +30,7 @@ os.environ["AIRFLOW__CORE__UNIT_TEST_MODE"] = "True"
 os.environ["MLFLOW_DISABLE_TELEMETRY"] = "true"
 
 BIN = Path(sys.executable).parent
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -250,6 +251,7 @@ def tracking_server(tmp_path_factory: pytest.TempPathFactory, worker_id: str
 
 SHARED_SERVER_FILE = "mlflow-server.json"
 SHARED_CLUSTER_FILE = "kube-cluster.json"
+SHARED_TELEMETRY_FILE = "telemetry.json"
 
 
 def _started_once(factory: pytest.TempPathFactory, info_file: str, start: Any) -> dict[str, Any]:
@@ -278,10 +280,45 @@ def pytest_sessionfinish(session: pytest.Session) -> None:
     if info.exists():
         # the run is over: nothing the server holds needs a clean stop (its SQLite file goes with the run)
         stop_process_group(json.loads(info.read_text())["pid"], grace_s=1)
-    cluster = factory.getbasetemp() / SHARED_CLUSTER_FILE
-    if cluster.exists():
-        for pid in json.loads(cluster.read_text())["pids"]:
-            stop_process_group(pid, grace_s=5)
+    for name, grace_s in ((SHARED_CLUSTER_FILE, 5), (SHARED_TELEMETRY_FILE, 2)):
+        shared = factory.getbasetemp() / name
+        if shared.exists():
+            for pid in json.loads(shared.read_text())["pids"]:
+                stop_process_group(pid, grace_s=grace_s)
+
+
+@dataclass
+class TelemetryBackends:
+    """The collector, Pushgateway and Prometheus (scraping the Pushgateway every second) of the run."""
+
+    collector: Any
+    pushgateway_url: str
+    prometheus: Any
+
+
+def telemetry_binary(name: str) -> Path:
+    return Path(os.environ.get(f"{name.upper().replace('-', '_')}_BIN") or ROOT / "build" / "bin" / name)
+
+
+@pytest.fixture(scope="session")
+def telemetry_backends(tmp_path_factory: pytest.TempPathFactory) -> TelemetryBackends:
+    """Started once for the whole run (the first worker to need them), stopped by the controller."""
+    from mlchaos_steps.examples import observability
+
+    def start(root: Path) -> dict[str, Any]:
+        collector = observability.start_collector(telemetry_binary("otelcol-mlchaos"), root / "otel")
+        gateway = observability.start_pushgateway(telemetry_binary("pushgateway"), root / "pushgateway")
+        prometheus = observability.start_prometheus(
+            telemetry_binary("prometheus"), root / "prometheus",
+            {"pushgateway": f"127.0.0.1:{gateway.port}"}, honor_labels=("pushgateway",))
+        return {"collector": [collector.port, str(collector.out)], "pushgateway": gateway.url,
+                "prometheus": prometheus.port,
+                "pids": [collector.process.pid, gateway.process.pid, prometheus.process.pid]}
+
+    info = _started_once(tmp_path_factory, SHARED_TELEMETRY_FILE, start)
+    port, out = info["collector"]
+    collector = observability.Collector(port, None, Path(out))  # type: ignore[arg-type]
+    return TelemetryBackends(collector, info["pushgateway"], observability.Prometheus(info["prometheus"], None))  # type: ignore[arg-type]
 
 
 @pytest.fixture(scope="session")

@@ -11,16 +11,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict
 
+from mlchaos_steps.core.promql import StageProbe
+from mlchaos_steps.core.strict import StrictModel
+
+__all__ = ["StageSpec", "StrictModel", "version_or_alias"]
+
 if TYPE_CHECKING:
     from mlchaos_steps.core.context import PhaseContext
     from mlchaos_steps.core.records import Action, ModelRef
     from mlchaos_steps.core.verdict import Verdict
-
-
-class StrictModel(BaseModel):
-    """A part of a spec: unknown fields are errors, values are immutable, numbers are finite."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 class StageSpec(BaseModel):
@@ -32,6 +31,9 @@ class StageSpec(BaseModel):
     kind: ClassVar[str]
     stage_id: ClassVar[str]
     title: ClassVar[str]
+
+    # Every stage: a PromQL steady state and hypothesis, checked by the engine (core.promql).
+    probe: StageProbe | None = None
 
     def document(self) -> dict[str, Any]:
         """The spec as the ``{kind, spec}`` mapping a stage file holds."""

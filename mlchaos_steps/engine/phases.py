@@ -28,6 +28,7 @@ from typing import Any, Literal
 
 from mlchaos_steps.core import tracecontext
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch
+from mlchaos_steps.core.promql import PromQLError
 from mlchaos_steps.core.records import (
     SNAPSHOT_ACTIONS,
     TRACE,
@@ -44,7 +45,7 @@ from mlchaos_steps.engine import removals
 from mlchaos_steps.engine.journal import write_journal
 from mlchaos_steps.engine.locks import run_key_lock, target_locks
 from mlchaos_steps.engine.observers import Observer, SilentObserver
-from mlchaos_steps.errors import KillSwitchEngaged, MlchaosError, RestoreError, SpecError
+from mlchaos_steps.errors import InfrastructureError, KillSwitchEngaged, MlchaosError, RestoreError, SpecError
 from mlchaos_steps.ledgers import default_ledger
 from mlchaos_steps.redaction import redact
 from mlchaos_steps.stages import stage_class
@@ -297,6 +298,7 @@ def _take_snapshot(stage: StageSpec, ctx: PhaseContext, target: ModelRef | None,
             ctx.ledger.acquire_lease(target_id, ctx.run_key)
         stage.hold_targets(ctx)
         output = stage.snapshot(ctx)
+        output.update(_promql_steady_state(stage))
         # Before anything breaks, the version the verdict goes onto learns that a run is in progress
         # (the gate blocks), so a stale verdict of an earlier run can never stand for this one.
         target = target or stage.model_ref(ctx)
@@ -339,6 +341,7 @@ def _verify(stage: StageSpec, run_key: str, ledger: Ledger, model: str | None, v
     record = _PhaseRecord(ledger, run_key, "verify", observer=observer)
     try:
         verdict, error = _judge(stage, PhaseContext(run_key, ledger, execution))
+        verdict = _promql_hypothesis(stage, execution, verdict)
     finally:
         record.close()
     # Reasons quote what the system said (exceptions, URLs, output): no secret leaves in them.
@@ -365,6 +368,42 @@ def _judge(stage: StageSpec, ctx: PhaseContext) -> tuple[Verdict, str | None]:
         return Verdict.inconclusive(f"verification stopped: {exc}"), str(exc)
     except Exception as exc:
         return Verdict.inconclusive(f"verification could not finish: {exc}"), _describe(exc)
+
+
+def _promql_steady_state(stage: StageSpec) -> dict[str, Any]:
+    """Before anything breaks: the stage's PromQL condition held over its last ``for_s``, or the run stops."""
+    probe = stage.probe.prometheus if stage.probe else None
+    if probe is None:
+        return {}
+    end = time.time()
+    try:
+        outcome = probe.evaluate(end - max(probe.for_s, 3 * probe.step_s), end)
+    except PromQLError as exc:
+        raise InfrastructureError(f"steady state unknown: {exc}") from exc
+    if outcome.breach is not None:
+        raise InfrastructureError(f"steady state does not hold before the fault: {outcome.describe_breach()}")
+    return {"prometheus_steady_state": outcome.evidence()}
+
+
+def _promql_hypothesis(stage: StageSpec, execution: Execution, verdict: Verdict) -> Verdict:
+    """The stage's PromQL condition from inject's start until now: a breach fails a passed verdict; no
+    answer, or no samples, make it inconclusive. Prometheus' samples join the evidence either way."""
+    probe = stage.probe.prometheus if stage.probe else None
+    started = execution.phases.get("inject", {}).get("start")
+    if probe is None or started is None or verdict.status == "inconclusive":
+        return verdict
+    try:
+        outcome = probe.evaluate(started, time.time(), wait_for_end=True)
+    except PromQLError as exc:
+        if verdict.status == "failed":
+            return verdict
+        return Verdict.inconclusive(f"the PromQL probe could not judge: {exc}", metrics=verdict.metrics,
+                                    evidence=verdict.evidence)
+    evidence = {**verdict.evidence, "prometheus": outcome.evidence()}
+    update: dict[str, Any] = {"evidence": evidence}
+    if outcome.breach is not None and verdict.status == "passed":
+        update.update(status="failed", reason=f"PromQL probe: {outcome.describe_breach()}")
+    return verdict.model_copy(update=update)
 
 
 def _tell_verdict(stage: StageSpec, ctx: PhaseContext, verdict: Verdict, journal: Path, model: str | None,

@@ -1,7 +1,9 @@
 """Example model servers: real replicas for the pod-delete stage.
 
 ``app`` is a small ASGI app: ``/ping`` answers 200, ``/pid`` names the worker that answered,
-``/invocations`` scores a JSON row with a fixed linear model.
+``/invocations`` scores a JSON row with a fixed linear model; with ``PROMETHEUS_MULTIPROC_DIR`` set,
+``/metrics`` serves its request histogram, and requests are traced when an OTLP endpoint is set (see
+:mod:`mlchaos_steps.examples.serving_telemetry`).
 
 Healthy: run it under uvicorn's own supervisor, which respawns killed workers::
 
@@ -14,6 +16,7 @@ under a supervisor that never replaces a dead one.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import multiprocessing
 import os
@@ -24,6 +27,7 @@ import time
 from typing import Any
 
 from mlchaos_steps.asgi import lifespan, read_body, respond
+from mlchaos_steps.examples import serving_telemetry
 
 WEIGHTS = [1.0, 0.5, -1.0, 0.0, 0.0, 0.0, 0.0, 0.0]
 
@@ -35,7 +39,14 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
         return
     if scope["type"] != "http":
         return
+    if scope["path"] == "/metrics" and os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        await read_body(receive)
+        await respond(send, 200, serving_telemetry.metrics_text(), [], serving_telemetry.CONTENT_TYPE)
+        return
+    started, span = time.perf_counter(), serving_telemetry.start_span(scope)
     body = await read_body(receive)
+    if scope["path"] == "/invocations" and serving_telemetry.delay_s():
+        await asyncio.sleep(serving_telemetry.delay_s())
     status, payload = 200, {"status": "ok"}
     if scope["path"] == "/pid":
         payload = {"pid": os.getpid()}
@@ -49,6 +60,7 @@ async def app(scope: dict[str, Any], receive: Any, send: Any) -> None:
     elif scope["path"] != "/ping":
         status, payload = 404, {"error": "not found"}
     await respond(send, status, json.dumps(payload).encode(), [(b"x-worker-pid", str(os.getpid()).encode())])
+    serving_telemetry.finish(span, scope["path"], status, started)
 
 
 def _worker(sock: socket.socket) -> None:

@@ -107,8 +107,10 @@ class ExampleServer(LocalService):
 
 
 def start_server(healthy: bool = True, workers: int = 2, port: int | None = None,
-                 log_path: Path | None = None, label: str | None = None) -> ExampleServer:
-    """Start the example server on 127.0.0.1 and wait until ``/ping`` answers and every worker is ready."""
+                 log_path: Path | None = None, label: str | None = None,
+                 env: dict[str, str] | None = None) -> ExampleServer:
+    """Start the example server on 127.0.0.1 and wait until ``/ping`` answers and every worker is ready.
+    ``env``: more environment (metrics, tracing, a slow respawn: see ``serving_telemetry``)."""
     port = port or free_port()
     label = label or f"mlchaos-example-{uuid.uuid4().hex[:8]}"
     if healthy:
@@ -117,7 +119,7 @@ def start_server(healthy: bool = True, workers: int = 2, port: int | None = None
     else:
         argv = [sys.executable, "-m", "mlchaos_steps.examples.serving", "--port", str(port),
                 "--workers", str(workers)]
-    env = {**os.environ, "MLCHAOS_APP": label}
+    env = {**os.environ, **(env or {}), "MLCHAOS_APP": label}
     out = open(log_path, "ab") if log_path else subprocess.DEVNULL  # noqa: SIM115
     process = subprocess.Popen(argv, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     server = ExampleServer(port, process, label, healthy, workers)

@@ -18,6 +18,7 @@ from typing import Any
 
 from pydantic import Field, field_validator, model_validator
 
+from mlchaos_steps.core.promql import StageProbe
 from mlchaos_steps.core.spec import StrictModel
 from mlchaos_steps.errors import SpecError
 
@@ -84,7 +85,9 @@ class HttpProbe(StrictModel):
         return value
 
 
-class Probe(StrictModel):
+class Probe(StageProbe):
+    """pod-delete and canary stages sample HTTP themselves; a PromQL condition may go beside it."""
+
     http: HttpProbe
 
 

@@ -38,6 +38,7 @@ from mlchaos_steps.core.records import Execution, ExecutionStatus, Ledger
 log = logging.getLogger("mlchaos")
 
 ENV_URL = "MLCHAOS_PUSHGATEWAY_URL"
+GATE_FILE = "gate-decisions.json"
 JOB = "mlchaos"
 PUSH_S = 1.0
 GAUGES = {  # metric -> (the verdict metric it reports, help)
@@ -131,7 +132,7 @@ def count_gate_decision(model: str, decision: str, home: Path) -> bool:
     """Count one gate decision in ``home/gate-decisions.json`` and push the counts, when configured."""
     from filelock import FileLock
 
-    path = home / "gate-decisions.json"
+    path = home / GATE_FILE
     home.mkdir(parents=True, exist_ok=True)
     with FileLock(str(path) + ".lock", timeout=10):
         counts: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
@@ -139,25 +140,30 @@ def count_gate_decision(model: str, decision: str, home: Path) -> bool:
         path.write_text(json.dumps(counts, sort_keys=True))
     if not configured():
         return False
+    return _push(lambda: gate_registry(home), {"stage": "gate"})
 
-    def registry() -> Any:
-        from prometheus_client import CollectorRegistry
-        from prometheus_client.core import CounterMetricFamily
 
-        family = CounterMetricFamily("mlchaos_gate_decisions", "Promotion gate decisions.",
-                                     labels=["model", "decision"])
-        for key, n in sorted(counts.items()):
-            family.add_metric(key.split("\t"), n)
+def gate_registry(home: Path) -> Any:
+    """``mlchaos_gate_decisions_total{model,decision}`` from ``home/gate-decisions.json``."""
+    from prometheus_client import CollectorRegistry
+    from prometheus_client.core import CounterMetricFamily
 
-        class One:
-            def collect(self) -> Iterable[Any]:
-                yield family
+    path = home / GATE_FILE
+    counts: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+    family = CounterMetricFamily("mlchaos_gate_decisions", "Promotion gate decisions.", labels=["model", "decision"])
+    for key, n in sorted(counts.items()):
+        family.add_metric(key.split("\t"), n)
+    registry = CollectorRegistry()
+    registry.register(_Fixed([family]))
+    return registry
 
-        reg = CollectorRegistry()
-        reg.register(One())
-        return reg
 
-    return _push(registry, {"stage": "gate"})
+class _Fixed:
+    def __init__(self, families: list[Any]) -> None:
+        self.families = families
+
+    def collect(self) -> Iterable[Any]:
+        return iter(self.families)
 
 
 def _push(make_registry: Any, group: dict[str, str]) -> bool:
