@@ -43,7 +43,9 @@ PROMTOOL := build/bin/promtool
 PUSHGATEWAY_MODULE := github.com/prometheus/pushgateway
 PUSHGATEWAY_VERSION := v1.11.5
 PUSHGATEWAY := build/bin/pushgateway
-TELEMETRY := $(OTELCOL) $(PROMETHEUS) $(PROMTOOL) $(PUSHGATEWAY)
+# Debian's Chromium renders the scorecard headless in the tests.
+CHROMIUM := /usr/bin/chromium
+TELEMETRY := $(OTELCOL) $(PROMETHEUS) $(PROMTOOL) $(PUSHGATEWAY) $(CHROMIUM)
 
 # Tests run side by side in 6 processes (pytest-xdist, idle workers steal queued tests): most of them
 # wait on servers, recoveries and SLO windows, so 6 workers keep 2 cores busy. TEST_WORKERS=0 runs
@@ -91,6 +93,9 @@ $(PROMETHEUS) $(PROMTOOL) &:
 		-ldflags "-s -w -X github.com/prometheus/common/version.Version=$$(cat VERSION)" \
 		-o $(CURDIR)/build/bin/ ./cmd/prometheus ./cmd/promtool
 	rm -rf build/prometheus-src
+
+$(CHROMIUM):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
 
 $(PUSHGATEWAY):
 	go mod download $(PUSHGATEWAY_MODULE)@$(PUSHGATEWAY_VERSION)

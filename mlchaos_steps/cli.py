@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from mlchaos_steps import __version__
@@ -67,6 +68,12 @@ def _parser() -> argparse.ArgumentParser:
     ledger.add_argument("--json", action="store_true")
 
     sub.add_parser("schema", help="print the JSON schema of stage files")
+
+    report = sub.add_parser("report", help="the resilience scorecard: one static HTML page (and JUnit XML)")
+    report.add_argument("-o", "--output", default="mlchaos-report.html", help="the HTML file to write")
+    report.add_argument("--model", help="only this registered model's versions")
+    report.add_argument("--since", help="only runs newer than this: 30d, 12h, 90m, 600s")
+    report.add_argument("--junit", metavar="FILE", help="also write JUnit XML (one test case per stage and version)")
 
     demo = sub.add_parser("demo", help="run the stages against example workloads on this machine")
     demo.add_argument("--broken", action="store_true", help="use the deliberately broken workloads")
@@ -250,6 +257,21 @@ def _cmd_schema(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_report(args: argparse.Namespace) -> int:
+    from mlchaos_steps.config import home
+    from mlchaos_steps.ledgers import default_ledger
+    from mlchaos_steps.telemetry import scorecard
+
+    since_s = scorecard.parse_since(args.since)
+    found = scorecard.runs(default_ledger(), args.model, since_s)
+    output = Path(args.output)
+    output.write_text(scorecard.render_html(found, scorecard.gate_log(home())))
+    if args.junit:
+        Path(args.junit).write_text(scorecard.junit_xml(found))
+    print(f"mlchaos: {len(found)} run(s) -> {output}" + (f" and {args.junit}" if args.junit else ""))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from mlchaos_steps.demo import run_demo
 
@@ -325,7 +347,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     for handler in logging.getLogger().handlers:  # every log line, ours and the libraries', is redacted
         handler.addFilter(RedactingFilter())
     handler = {"run": _cmd_run, "restore": _cmd_restore, "gate": _cmd_gate, "ledger": _cmd_ledger,
-               "schema": _cmd_schema, "demo": _cmd_demo, "argo": _cmd_argo}[args.command]
+               "schema": _cmd_schema, "demo": _cmd_demo, "argo": _cmd_argo, "report": _cmd_report}[args.command]
     try:
         return handler(args)
     except MlchaosError as exc:

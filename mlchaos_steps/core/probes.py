@@ -83,6 +83,31 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[rank - 1]
 
 
+MAX_WINDOWS = 600
+
+
+def windows(samples: list[Sample], width_s: float | None = None) -> list[dict[str, Any]]:
+    """The samples per ``width_s`` window (default: a 60th of their span, 0.1 s to 10 s), from the first:
+    start time, requests, share answered, p99 of those answered (a timeline small enough to keep,
+    whatever the request rate)."""
+    if not samples:
+        return []
+    first = min(s.at for s in samples)
+    if width_s is None:
+        width_s = min(10.0, max(0.1, round((max(s.at for s in samples) - first) / 60, 1)))
+    buckets: dict[int, list[Sample]] = {}
+    for s in samples:
+        buckets.setdefault(int((s.at - first) // width_s), []).append(s)
+    found = []
+    for index in sorted(buckets)[:MAX_WINDOWS]:
+        group = buckets[index]
+        answered = [s.latency_ms for s in group if s.ok]
+        found.append({"at": round(first + index * width_s, 3), "requests": len(group),
+                      "success_ratio": round(len(answered) / len(group), 4),
+                      "p99_ms": round(percentile(answered, 99), 3) if answered else None})
+    return found
+
+
 def summarize(samples: list[Sample]) -> dict[str, Any]:
     latencies = [s.latency_ms for s in samples if s.ok]
     errors: dict[str, int] = {}
@@ -96,6 +121,7 @@ def summarize(samples: list[Sample]) -> dict[str, Any]:
         "p50_ms": round(percentile(latencies, 50), 3) if latencies else None,
         "p99_ms": round(percentile(latencies, 99), 3) if latencies else None,
         "errors": errors,
+        "windows": windows(samples),
     }
 
 

@@ -186,16 +186,16 @@ def promote(model: str, version: str, require: list[str], alias: str = "champion
     except MlflowException as exc:  # the gate never decides on a partial answer: nothing is promoted
         raise InfrastructureError(f"the gate could not complete against MLflow at {tracking_uri()}: nothing was "
                                   f"promoted ({exc})") from exc
-    _count_decision(ref.name, "promoted" if ok else "blocked")
+    _count_decision(ref.name, ref.version, "promoted" if ok else "blocked", reason)
     return GateDecision(ref.name, ref.version, alias, ok, reason, verdicts, previous, round(decide_seconds, 4))
 
 
-def _count_decision(model: str, decision: str) -> None:
+def _count_decision(model: str, version: str, decision: str, reason: str) -> None:
     """``mlchaos_gate_decisions_total`` (pushed when a Pushgateway is configured); never changes the decision."""
     from mlchaos_steps.telemetry.metrics import count_gate_decision
 
     try:
-        count_gate_decision(model, decision, config.home())
+        count_gate_decision(model, decision, config.home(), version, reason)
     except Exception as exc:
         log.warning("could not count the gate decision on %s: %s", model, exc)
 

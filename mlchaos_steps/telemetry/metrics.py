@@ -3,8 +3,8 @@
 Runs are batch jobs, so they push (the Prometheus convention for jobs that end). Every value is
 derived from the ledger at push time, so a push replaces the stage's group with numbers that are
 whole on their own, whichever process pushes: counters count the executions the ledger holds, gauges
-are the last finished execution's, per stage, model and pipeline. Gate decisions are counted in
-``MLCHAOS_HOME/gate-decisions.json`` and pushed by the gate.
+are the last finished execution's, per stage, model and pipeline. Gate decisions are logged in
+``MLCHAOS_HOME/gate-decisions.jsonl`` and pushed by the gate.
 
 ========================================  =======  ====================================================
 metric                                    type     labels
@@ -28,6 +28,7 @@ import logging
 import os
 import socket
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
@@ -38,7 +39,7 @@ from mlchaos_steps.core.records import Execution, ExecutionStatus, Ledger
 log = logging.getLogger("mlchaos")
 
 ENV_URL = "MLCHAOS_PUSHGATEWAY_URL"
-GATE_FILE = "gate-decisions.json"
+GATE_LOG = "gate-decisions.jsonl"
 JOB = "mlchaos"
 PUSH_S = 1.0
 GAUGES = {  # metric -> (the verdict metric it reports, help)
@@ -128,31 +129,33 @@ def push_stage(ledger: Ledger, stage_id: str) -> bool:
     return _push(lambda: stage_registry(ledger, stage_id), {"stage": stage_id})
 
 
-def count_gate_decision(model: str, decision: str, home: Path) -> bool:
-    """Count one gate decision in ``home/gate-decisions.json`` and push the counts, when configured."""
+def count_gate_decision(model: str, decision: str, home: Path, version: str | None = None,
+                        reason: str | None = None) -> bool:
+    """Log one gate decision in ``home/gate-decisions.jsonl`` (the scorecard reads it) and push the counts,
+    when a Pushgateway is configured."""
     from filelock import FileLock
 
-    path = home / GATE_FILE
+    path = home / GATE_LOG
     home.mkdir(parents=True, exist_ok=True)
-    with FileLock(str(path) + ".lock", timeout=10):
-        counts: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
-        counts[f"{model}\t{decision}"] = counts.get(f"{model}\t{decision}", 0) + 1
-        path.write_text(json.dumps(counts, sort_keys=True))
+    entry = {"at": time.time(), "model": model, "version": version, "decision": decision, "reason": reason}
+    with FileLock(str(path) + ".lock", timeout=10), path.open("a") as log_file:
+        log_file.write(json.dumps(entry) + "\n")
     if not configured():
         return False
     return _push(lambda: gate_registry(home), {"stage": "gate"})
 
 
 def gate_registry(home: Path) -> Any:
-    """``mlchaos_gate_decisions_total{model,decision}`` from ``home/gate-decisions.json``."""
+    """``mlchaos_gate_decisions_total{model,decision}``, counted from ``home/gate-decisions.jsonl``."""
     from prometheus_client import CollectorRegistry
     from prometheus_client.core import CounterMetricFamily
 
-    path = home / GATE_FILE
-    counts: dict[str, int] = json.loads(path.read_text()) if path.exists() else {}
+    path = home / GATE_LOG
+    lines = path.read_text().splitlines() if path.exists() else []
+    counts = Counter((d["model"], d["decision"]) for d in map(json.loads, filter(str.strip, lines)))
     family = CounterMetricFamily("mlchaos_gate_decisions", "Promotion gate decisions.", labels=["model", "decision"])
-    for key, n in sorted(counts.items()):
-        family.add_metric(key.split("\t"), n)
+    for (model, decision), n in sorted(counts.items()):
+        family.add_metric([model, decision], n)
     registry = CollectorRegistry()
     registry.register(_Fixed([family]))
     return registry

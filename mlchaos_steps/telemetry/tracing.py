@@ -25,6 +25,7 @@ from mlchaos_steps.core.records import TRACE, Execution, Ledger
 log = logging.getLogger("mlchaos")
 
 FLUSH_S = 1.0
+MAX_WINDOW_EVENTS = 120
 SERVICE = "mlchaos"
 _provider: Any = None
 _ids: Any = None
@@ -126,7 +127,8 @@ def export_phase(execution: Execution, phase: str, record: dict[str, Any], ledge
         finally:
             ids.trace_id = ids.span_id = None
     for name, event in _events(execution, phase, record, ledger):
-        span.add_event(name, event, timestamp=_ns(record["end"]))
+        at = event.pop("at", None)
+        span.add_event(name, event, timestamp=_ns(at if isinstance(at, int | float) else record["end"]))
     if record.get("status") == "failed":
         span.set_status(Status(StatusCode.ERROR, str(record.get("error", ""))[:500]))
     span.end(end_time=_ns(record["end"]))
@@ -192,9 +194,16 @@ def _events(execution: Execution, phase: str, record: dict[str, Any], ledger: Le
             events.append(("mlchaos.restore", {"kind": str(done.get("action")), "target": str(done.get("target"))}))
         for error in output.get("errors") or []:
             events.append(("mlchaos.restore.failed", {"error": str(error)[:500]}))
-    for name, window in _probe_windows(output.get("evidence") or {}):
-        events.append(("mlchaos.probe", {"window": name, **window}))
+    for name, summary in _probe_windows(output.get("evidence") or {}):
+        windows = summary.pop("windows", None) or []
+        events.append(("mlchaos.probe", {"probe": name, **_scalars(summary)}))
+        for window in windows[:MAX_WINDOW_EVENTS]:  # one event per window of the timeline, never per request
+            events.append(("mlchaos.probe.window", {"probe": name, **_scalars(window), "at": window.get("at")}))
     return events
+
+
+def _scalars(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if isinstance(v, int | float | str) and not isinstance(v, bool)}
 
 
 def _probe_windows(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str, dict[str, Any]]]:
@@ -204,8 +213,7 @@ def _probe_windows(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str
         if not isinstance(value, dict):
             continue
         if "requests" in value and "successes" in value:
-            found.append((prefix + key, {k: v for k, v in value.items()
-                                         if isinstance(v, int | float | str) and not isinstance(v, bool)}))
+            found.append((prefix + key, dict(value)))
         else:
             found.extend(_probe_windows(value, f"{prefix}{key}."))
     return found
