@@ -800,7 +800,29 @@ def drift_measure_10m() -> dict[str, Any]:
         shutil.rmtree(root, ignore_errors=True)
 
 
+def telemetry_phases() -> dict[str, Any]:
+    from telemetry_bench import telemetry_phases as measure
+
+    _fresh_home()
+    return measure(REPEATS)
+
+
+def telemetry_process() -> dict[str, Any]:
+    from telemetry_bench import telemetry_process as measure
+
+    return measure(REPEATS)
+
+
+def report_1000() -> dict[str, Any]:
+    from telemetry_bench import report_1000 as measure
+
+    return measure(REPEATS)
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "telemetry_phases": telemetry_phases,
+    "telemetry_process": telemetry_process,
+    "report_1000": report_1000,
     "data_corruption_10m": data_corruption_10m,
     "drift_measure_10m": drift_measure_10m,
     "kube_pod_delete_1000": kube_pod_delete_1000,

@@ -29,7 +29,7 @@ from mlchaos_steps.gate.reporting import MlflowReporter
 from mlchaos_steps.telemetry.observer import TelemetryObserver
 
 __all__ = ["PHASES", "Phase", "PhaseResult", "StageOutcome", "new_run_key", "open_runs", "restore_orphaned",
-           "restore_run", "run_phase", "run_stage", "wait_for_removals"]
+           "flush_telemetry", "restore_run", "run_phase", "run_stage", "wait_for_removals"]
 
 
 def _observer(kw: dict[str, Any]) -> dict[str, Any]:
@@ -56,6 +56,13 @@ def restore_run(run_key: str, **kw: Any) -> dict[str, Any]:
 def restore_orphaned(**kw: Any) -> list[dict[str, Any]]:
     """:func:`mlchaos_steps.engine.phases.restore_orphaned`, telling each version whether it restored."""
     return phases.restore_orphaned(**_observer(kw))
+
+
+def flush_telemetry(timeout_s: float = 1.0) -> bool:
+    """Wait (at most ``timeout_s``) until the spans and metrics of this process's phases are sent."""
+    from mlchaos_steps.telemetry.observer import flush
+
+    return flush(timeout_s)
 
 
 def wait_for_removals() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -62,6 +63,15 @@ def _split_paths(value: str) -> list[str]:
         else:
             current += char
     return [*parts, current]
+
+
+def pipeline_name() -> str:
+    """The pipeline this process runs in, for labels: ``MLCHAOS_PIPELINE``, else the Airflow DAG, else the
+    Argo workflow's name without the random suffix ``generateName`` adds; ``none`` outside a pipeline."""
+    env = os.environ
+    argo = env.get("ARGO_WORKFLOW_NAME") or env.get("MLCHAOS_WORKFLOW_NAME") or ""
+    return (env.get("MLCHAOS_PIPELINE") or env.get("AIRFLOW_CTX_DAG_ID")
+            or re.sub(r"-[a-z0-9]{5}$", "", argo) or "none")
 
 
 def configure_airflow_home(home: Path, dags_folder: Path | None = None) -> None:

@@ -212,6 +212,10 @@ def test_promotion_gate_operator(airflow_db: Path, two_versions: tuple[str, str,
             link = run.get_task_instance("checkpoint-wipe.verify").xcom_pull(
                 task_ids="checkpoint-wipe.verify", key="_link_MlflowRunLink")
             assert "/#/experiments/" in link
+            scorecard = run.get_task_instance("checkpoint-wipe.verify").xcom_pull(
+                task_ids="checkpoint-wipe.verify", key="_link_ScorecardLink")
+            assert scorecard.startswith("file://") and f"{name} version {v2}" in Path(
+                scorecard.removeprefix("file://")).read_text()
 
 
 def test_provider_info_entry_point() -> None:

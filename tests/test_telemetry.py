@@ -180,3 +180,30 @@ def test_the_grafana_dashboard_uses_only_metrics_the_library_emits(store: Path, 
     used = {name for e in exprs for name in re.findall(r"\b(mlchaos_[a-z_]+)", e)}
     assert used and used <= emitted, sorted(used - emitted)
     assert {"mlchaos_stage_runs_total", "mlchaos_gate_decisions_total"} <= used
+
+
+def test_the_example_servers_own_spans_join_the_faults_trace(tmp_path: Path, telemetry_backends: Any) -> None:
+    """pod-delete's probe requests carry the phase's traceparent; the traced example server makes its
+    request spans children of it, so what the fault did to requests shows in the same trace."""
+    from conftest import pod_doc
+
+    collector = telemetry_backends.collector
+    server = workloads.start_server(env={"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url},
+                                    log_path=tmp_path / "server.log")
+    try:
+        stage_file = write_stage(tmp_path / "pod.yaml", pod_doc(server))
+        code, out = mlchaos_json("run", str(stage_file), "--run-key", "traced-pod", env=_exporting(telemetry_backends))
+        assert code == 0 and out["verdict"] == "passed", out
+    finally:
+        server.stop()
+    execution = SqliteLedger().get("traced-pod")
+    assert execution is not None
+    phase_spans = {p["span_id"] for p in execution.phases.values()}
+
+    def served() -> list[dict[str, Any]]:
+        spans = collector.spans(out["trace_id"])
+        return [s for s in spans if s["resource"]["service.name"] == "mlchaos-example-server"]
+
+    assert wait_until(lambda: len(served()) > 0, 10), collector.spans(out["trace_id"])
+    assert all(s["parentSpanId"] in phase_spans for s in served())
+    assert {s["name"] for s in served()} == {"GET /ping"}

@@ -7,6 +7,8 @@ inside ``execute``; building these operators at DAG-parse time validates the sta
 from __future__ import annotations
 
 import os
+import re
+import sys
 from collections.abc import Sequence
 from typing import Any
 
@@ -28,6 +30,31 @@ class MlflowRunLink(BaseOperatorLink):
         from airflow.sdk.execution_time.xcom import XCom
 
         return str(XCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
+
+
+class ScorecardLink(BaseOperatorLink):
+    """Opens the resilience scorecard of the verdict's model, written by the verify task
+    (``MLCHAOS_REPORT_BASE_URL``/<file> when the reports folder is served, else a file:// URL)."""
+
+    name = "Resilience scorecard"
+
+    def get_link(self, operator: BaseOperator, *, ti_key: Any) -> str:
+        from airflow.sdk.execution_time.xcom import XCom
+
+        return str(XCom.get_value(ti_key=ti_key, key=self.xcom_key) or "")
+
+
+def scorecard_url(model: str | None) -> str:
+    """Write the scorecard of ``model`` under ``MLCHAOS_HOME/reports`` and return where to open it."""
+    from mlchaos_steps.config import home
+    from mlchaos_steps.ledgers import default_ledger
+    from mlchaos_steps.telemetry.scorecard import write_report
+
+    name = f"{re.sub(r'[^A-Za-z0-9._-]', '_', model or 'all-models')}.html"
+    path = home() / "reports" / name
+    write_report(default_ledger(), path, home(), model)
+    base = os.environ.get("MLCHAOS_REPORT_BASE_URL")
+    return f"{base.rstrip('/')}/{name}" if base else path.as_uri()
 
 
 def mlflow_run_url(run_id: str) -> str:
@@ -77,6 +104,13 @@ class ChaosPhaseOperator(BaseOperator):
         return f"{context['dag'].dag_id}/{context['run_id']}/{self.stage_key}"
 
     def execute(self, context: Any) -> Any:
+        try:
+            return self._execute(context)
+        finally:  # the task ends only once its spans and metrics are sent (at most 1 s)
+            if "mlchaos_steps.telemetry.observer" in sys.modules:
+                sys.modules["mlchaos_steps.telemetry.observer"].flush()
+
+    def _execute(self, context: Any) -> Any:
         from mlchaos_steps.api import restore_run, run_phase, wait_for_removals
         from mlchaos_steps.errors import MlchaosError
         from mlchaos_steps.stages import parse_stage
@@ -109,8 +143,15 @@ class ChaosPhaseOperator(BaseOperator):
                 context["ti"].xcom_push(key=MlflowRunLink().xcom_key, value=mlflow_run_url(run_id))
             except Exception as exc:  # a missing link never changes the verdict
                 self.log.warning("no MLflow link: %s", exc)
+        target = execution.verdict_target if execution else None
+        try:
+            report = scorecard_url(target.name if target else None)
+            context["ti"].xcom_push(key=ScorecardLink().xcom_key, value=report)
+        except Exception as exc:  # a missing report never changes the verdict
+            report = None
+            self.log.warning("no scorecard: %s", exc)
         summary = {"verdict": verdict.status, "reason": verdict.reason, "metrics": verdict.metrics, "run_key": key,
-                   "mlflow_run_id": run_id, "trace_id": result.trace_id}
+                   "mlflow_run_id": run_id, "trace_id": result.trace_id, "scorecard": report}
         if verdict.status != "passed":
             raise AirflowFailException(f"{stage.stage_id} verdict {verdict.status}: {verdict.reason}")
         return summary
@@ -132,7 +173,7 @@ class ChaosPhaseOperator(BaseOperator):
 class ChaosVerifyOperator(ChaosPhaseOperator):
     """The verify phase, with a link to the MLflow run holding its evidence."""
 
-    operator_extra_links = (MlflowRunLink(),)
+    operator_extra_links = (MlflowRunLink(), ScorecardLink())
     ui_color = "#f6c1c4"
 
     def __init__(self, **kwargs: Any):

@@ -16,5 +16,6 @@ def get_provider_info() -> dict[str, Any]:
         "connection-types": [
             {"connection-type": "mlflow", "hook-class-name": "mlchaos_steps.airflow.hooks.MlflowHook"},
         ],
-        "extra-links": ["mlchaos_steps.airflow.operators.MlflowRunLink"],
+        "extra-links": ["mlchaos_steps.airflow.operators.MlflowRunLink",
+                        "mlchaos_steps.airflow.operators.ScorecardLink"],
     }

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mlchaos_steps import config
 from mlchaos_steps.core import tracecontext
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch
 from mlchaos_steps.core.promql import PromQLError
@@ -249,8 +250,8 @@ def _snapshot(stage: StageSpec, run_key: str, ledger: Ledger, target: ModelRef |
     check_kill_switch()
     ledger.create(run_key, stage.kind, stage.stage_id, _ledger_spec(stage))
     ledger.claim(run_key)
-    if existing is None or not existing.state.get(TRACE):  # the correlation id, kept for every phase
-        ledger.update(run_key, state={TRACE: tracecontext.new_trace()})
+    if existing is None or not existing.state.get(TRACE):  # the correlation id and origin, for every phase
+        ledger.update(run_key, state={TRACE: tracecontext.new_trace(), "pipeline": config.pipeline_name()})
     # A failed snapshot broke nothing: the execution is closed (restored) at once, once what it took
     # (backups of stores the system writes into) is put back.
     with _recording(ledger, run_key, "snapshot", status_on_error=ExecutionStatus.RESTORED,

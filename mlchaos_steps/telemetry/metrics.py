@@ -1,8 +1,8 @@
 """Prometheus metrics of chaos runs, pushed to a Pushgateway (``MLCHAOS_PUSHGATEWAY_URL``) after each phase.
 
 Runs are batch jobs, so they push (the Prometheus convention for jobs that end). Every value is
-derived from the ledger at push time, so a push replaces the stage's group with numbers that are
-whole on their own, whichever process pushes: counters count the executions the ledger holds, gauges
+derived from the ledger at push time, so a push replaces its group (the ledger and the stage) with
+numbers that are whole on their own, whichever process pushes: counters count the executions the ledger holds, gauges
 are the last finished execution's, per stage, model and pipeline. Gate decisions are logged in
 ``MLCHAOS_HOME/gate-decisions.jsonl`` and pushed by the gate.
 
@@ -23,6 +23,7 @@ A push waits at most ``PUSH_S``; a Pushgateway that is down is said once in the 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -30,7 +31,7 @@ import socket
 import threading
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -55,13 +56,6 @@ def configured() -> bool:
     return bool(os.environ.get(ENV_URL))
 
 
-def pipeline_of(execution: Execution | None = None) -> str:
-    """The pipeline that ran this process: the Airflow DAG or the Argo workflow (template), else ``none``."""
-    env = os.environ
-    return (env.get("MLCHAOS_PIPELINE") or env.get("AIRFLOW_CTX_DAG_ID") or env.get("ARGO_WORKFLOW_NAME")
-            or env.get("MLCHAOS_WORKFLOW_NAME") or "none")
-
-
 def _model(execution: Execution) -> str:
     target = execution.verdict_target
     return target.name if target else "none"
@@ -71,14 +65,13 @@ def stage_registry(ledger: Ledger, stage_id: str) -> Any:
     """A registry holding every metric of ``stage_id``, from the ledger."""
     from prometheus_client import CollectorRegistry
 
-    pipeline = pipeline_of()
     runs: Counter[tuple[str, str, str]] = Counter()
     failures: Counter[tuple[str, str]] = Counter()
     last: dict[tuple[str, str], Execution] = {}
     for e in ledger.executions():
         if e.stage_id != stage_id or e.verdict is None or e.status not in FINISHED:
             continue
-        key = (_model(e), e.state.get("pipeline") or pipeline)
+        key = (_model(e), e.state.get("pipeline") or "none")
         runs[(e.verdict, *key)] += 1
         failures[key] += int(e.state.get("restore_failures") or 0)
         if key not in last or e.updated_at >= last[key].updated_at:
@@ -126,7 +119,20 @@ class _StageMetrics:
 
 def push_stage(ledger: Ledger, stage_id: str) -> bool:
     """Push the stage's metrics (replacing its group); waits at most ``PUSH_S``. True when it was taken."""
-    return _push(lambda: stage_registry(ledger, stage_id), {"stage": stage_id})
+    return push_stage_started(ledger, stage_id)()
+
+
+def push_stage_started(ledger: Ledger, stage_id: str) -> Callable[[], bool]:
+    """Start pushing the stage's metrics; the returned wait ends at most ``PUSH_S`` after the start."""
+    return _start_push(lambda: stage_registry(ledger, stage_id), {"ledger": ledger_id(ledger), "stage": stage_id})
+
+
+def ledger_id(ledger: Ledger) -> str:
+    """The Pushgateway group of a ledger: each push replaces its group with what that ledger holds, so
+    two ledgers never share one (a file on this host; a tracking server, shared by every pod using it)."""
+    shared = "://" in ledger.location
+    where = ledger.location if shared else f"{socket.gethostname()}:{ledger.location}"
+    return hashlib.sha256(where.encode()).hexdigest()[:12]
 
 
 def count_gate_decision(model: str, decision: str, home: Path, version: str | None = None,
@@ -142,7 +148,9 @@ def count_gate_decision(model: str, decision: str, home: Path, version: str | No
         log_file.write(json.dumps(entry) + "\n")
     if not configured():
         return False
-    return _push(lambda: gate_registry(home), {"stage": "gate"})
+    where = f"{socket.gethostname()}:{home}"
+    return _start_push(lambda: gate_registry(home), {"ledger": hashlib.sha256(where.encode()).hexdigest()[:12],
+                                                      "stage": "gate"})()
 
 
 def gate_registry(home: Path) -> Any:
@@ -169,11 +177,12 @@ class _Fixed:
         return iter(self.families)
 
 
-def _push(make_registry: Any, group: dict[str, str]) -> bool:
-    """Push in a thread and wait at most ``PUSH_S`` (a slow gateway never holds a phase longer)."""
+def _start_push(make_registry: Any, group: dict[str, str]) -> Callable[[], bool]:
+    """Push in a thread; the returned wait gives up ``PUSH_S`` after the start (a slow gateway never holds a
+    phase longer) and says a failure once in the log."""
     url = os.environ.get(ENV_URL, "")
     if not url:
-        return False
+        return lambda: False
     outcome: dict[str, Any] = {}
 
     def push() -> None:
@@ -181,17 +190,22 @@ def _push(make_registry: Any, group: dict[str, str]) -> bool:
 
         try:
             push_to_gateway(url, job=JOB, registry=make_registry(), timeout=PUSH_S,
-                            grouping_key={"instance": socket.gethostname(), **group})
+                            grouping_key=group)  # the ledger's id says where (a host's file, or shared)
             outcome["ok"] = True
         except Exception as exc:
             outcome["error"] = exc
 
     thread = threading.Thread(target=push, name="mlchaos-metrics-push", daemon=True)
+    deadline = time.monotonic() + PUSH_S
     thread.start()
-    thread.join(PUSH_S)
-    if not outcome.get("ok"):
-        _say_once(f"metrics not pushed to {url}: {outcome.get('error') or f'no answer within {PUSH_S:g} s'}")
-    return bool(outcome.get("ok"))
+
+    def wait() -> bool:
+        thread.join(max(0.0, deadline - time.monotonic()))
+        if not outcome.get("ok"):
+            _say_once(f"metrics not pushed to {url}: {outcome.get('error') or f'no answer within {PUSH_S:g} s'}")
+        return bool(outcome.get("ok"))
+
+    return wait
 
 
 def _say_once(message: str) -> None:

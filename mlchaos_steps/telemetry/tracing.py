@@ -30,6 +30,7 @@ SERVICE = "mlchaos"
 _provider: Any = None
 _ids: Any = None
 _lock = threading.Lock()
+_setup_lock = threading.Lock()
 _warned = False
 
 
@@ -44,7 +45,20 @@ def _say_once(message: str) -> None:
         log.warning("%s (said once; spans that could not be sent are dropped, verdicts are unchanged)", message)
 
 
+def prewarm() -> None:
+    """Load the SDK and exporter (about 0.1 s of imports) while the phase works, not after it."""
+    try:
+        _setup()
+    except Exception as exc:  # said when the phase exports
+        log.debug("tracing set-up failed: %s", exc)
+
+
 def _setup() -> tuple[Any, Any]:
+    with _setup_lock:
+        return _setup_once()
+
+
+def _setup_once() -> tuple[Any, Any]:
     global _provider, _ids
     if _provider is not None:
         return _provider, _ids
@@ -59,7 +73,8 @@ def _setup() -> tuple[Any, Any]:
     _ids = chosen_ids()
     resource = Resource.create({"service.name": os.environ.get("OTEL_SERVICE_NAME", SERVICE),
                                 "host.name": socket.gethostname()})
-    _provider = TracerProvider(resource=resource, id_generator=_ids)
+    # shutdown_on_exit=False: the observer's own exit flush sends what is queued, then flushes this provider
+    _provider = TracerProvider(resource=resource, id_generator=_ids, shutdown_on_exit=False)
     _provider.add_span_processor(BatchSpanProcessor(tell_once(OTLPSpanExporter(timeout=FLUSH_S)),
                                                     schedule_delay_millis=100, export_timeout_millis=1000))
     return _provider, _ids
