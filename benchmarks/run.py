@@ -393,7 +393,10 @@ def artifact_backup_restore() -> dict[str, Any]:
 def airflow_parse() -> dict[str, Any]:
     """Parsing a DAG file with four chaos stages against the same file without them, fresh processes."""
     script = Path(__file__).with_name("parse_dag.py")
-    env = {**os.environ, "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
+    # As a scheduler parses: with bytecode caches (this machine's environment sets PYTHONDONTWRITEBYTECODE,
+    # which made every parse compile mlchaos_steps' modules again: about 40 ms of the difference).
+    env = {**{k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"},
+           "AIRFLOW__CORE__LOAD_EXAMPLES": "False"}
     with_ms, without_ms, process_s, heavy = [], [], [], set()
     subprocess.run([sys.executable, str(script), "4"], env=env, capture_output=True, check=True)  # warm caches
     for _ in range(max(REPEATS, 10)):

@@ -23,18 +23,27 @@ def _stats(values: list[float], digits: int = 4) -> dict[str, float]:
             "max": round(max(values), digits), "n": len(values)}
 
 
-def telemetry_phases(repeats: int) -> dict[str, Any]:
-    """Wall time of each phase of checkpoint-wipe with tracing and metrics on, and off, side by side."""
-    from mlchaos_steps.api import flush_telemetry, run_phase, wait_for_removals
+def _backends(prefix: str) -> tuple[Path, Any, Any, Path, dict[str, str]]:
+    """A work folder, a real collector and Pushgateway, the example trainer's store, the environment that
+    turns telemetry on."""
     from mlchaos_steps.examples import observability, workloads
-    from mlchaos_steps.stages import parse_stage
 
-    work = Path(tempfile.mkdtemp(prefix="mlchaos-bench-telemetry-"))
+    work = Path(tempfile.mkdtemp(prefix=prefix))
     collector = observability.start_collector(ROOT / "build/bin/otelcol-mlchaos", work / "otel")
     gateway = observability.start_pushgateway(ROOT / "build/bin/pushgateway", work / "pushgateway")
     trained = work / "trained"
     workloads.train(trained, steps=500, checkpoint_every=100)
-    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "MLCHAOS_PUSHGATEWAY_URL": gateway.url}
+    return work, collector, gateway, trained, {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url,
+                                               "MLCHAOS_PUSHGATEWAY_URL": gateway.url}
+
+
+def telemetry_phases(repeats: int) -> dict[str, Any]:
+    """Wall time of each phase of checkpoint-wipe with tracing and metrics on, and off, side by side."""
+    from mlchaos_steps.api import flush_telemetry, run_phase, wait_for_removals
+    from mlchaos_steps.examples import workloads
+    from mlchaos_steps.stages import parse_stage
+
+    work, collector, gateway, trained, on = _backends("mlchaos-bench-telemetry-")
     times: dict[str, dict[str, list[float]]] = {mode: {p: [] for p in PHASES} for mode in ("on", "off")}
     try:
         for i in range(repeats * 2):
@@ -81,14 +90,9 @@ def telemetry_process(repeats: int) -> dict[str, Any]:
     exit), exporting to a real collector and Pushgateway, against the same with nothing configured."""
     import yaml
 
-    from mlchaos_steps.examples import observability, workloads
+    from mlchaos_steps.examples import workloads
 
-    work = Path(tempfile.mkdtemp(prefix="mlchaos-bench-telemetry-process-"))
-    collector = observability.start_collector(ROOT / "build/bin/otelcol-mlchaos", work / "otel")
-    gateway = observability.start_pushgateway(ROOT / "build/bin/pushgateway", work / "pushgateway")
-    trained = work / "trained"
-    workloads.train(trained, steps=500, checkpoint_every=100)
-    on = {"OTEL_EXPORTER_OTLP_ENDPOINT": collector.url, "MLCHAOS_PUSHGATEWAY_URL": gateway.url}
+    work, collector, gateway, trained, on = _backends("mlchaos-bench-telemetry-process-")
     base = {k: v for k, v in os.environ.items() if k not in on}
     times: dict[str, list[float]] = {"on": [], "off": []}
     try:

@@ -20,7 +20,6 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import httpx
 from pydantic import Field, field_validator
 
 from mlchaos_steps.core.strict import StrictModel
@@ -60,6 +59,8 @@ class PromQLProbe(StrictModel):
 
     def query_range(self, start: float, end: float) -> list[dict[str, Any]]:
         """The matrix Prometheus returns for [start, end] (raises PromQLError when it cannot say)."""
+        import httpx  # here: stage specs are parsed where DAG files are (no network client at parse time)
+
         headers = {"Authorization": f"Bearer {self.bearer_token}"} if self.bearer_token else {}
         verify: Any = False if self.insecure_skip_verify else (self.ca_file or True)
         try:

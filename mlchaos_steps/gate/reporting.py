@@ -1,7 +1,7 @@
 """The engine's MLflow observer: verdicts and their evidence go onto model versions.
 
 Handed to the engine by the front doors (:mod:`mlchaos_steps.api`); see
-:mod:`mlchaos_steps.engine.observers` for the events and :mod:`mlchaos_steps.gate.verdicts` for the
+:mod:`mlchaos_steps.core.observers` for the events and :mod:`mlchaos_steps.gate.verdicts` for the
 tags and the order they are written in.
 """
 

@@ -9,7 +9,7 @@ and the Airflow operators call it before they return).
 
 Example::
 
-    from mlchaos_steps.engine.observers import Observers
+    from mlchaos_steps.core.observers import Observers
     observer = Observers(MlflowReporter(), TelemetryObserver())
 """
 
@@ -21,13 +21,10 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
-from mlchaos_steps.core.context import PhaseContext
-from mlchaos_steps.core.records import Execution, Ledger, ModelRef
-from mlchaos_steps.core.spec import StageSpec
-from mlchaos_steps.core.verdict import Verdict
+from mlchaos_steps.core.observers import SilentObserver
+from mlchaos_steps.core.records import Execution, Ledger
 from mlchaos_steps.telemetry import metrics, tracing
 
 log = logging.getLogger("mlchaos")
@@ -39,7 +36,9 @@ _idle = threading.Condition()
 _worker: threading.Thread | None = None
 
 
-class TelemetryObserver:
+class TelemetryObserver(SilentObserver):
+    """Hears only ``phase_ended``: every phase of every stage."""
+
     def __init__(self, ledger: Ledger | None = None) -> None:
         self._ledger = ledger
         if tracing.configured() or metrics.configured():  # the SDK's imports overlap the phase's own work
@@ -51,16 +50,6 @@ class TelemetryObserver:
 
             self._ledger = default_ledger()
         return self._ledger
-
-    def started(self, stage: StageSpec, ctx: PhaseContext, target: ModelRef) -> None:
-        return None
-
-    def judged(self, stage: StageSpec, ctx: PhaseContext, verdict: Verdict, target: ModelRef | None,
-               journal: Path) -> None:
-        return None
-
-    def restored(self, execution: Execution, restored: bool, journal: Path) -> None:
-        return None
 
     def phase_ended(self, execution: Execution, phase: str, record: dict[str, Any]) -> None:
         want_traces, want_metrics = tracing.configured(), metrics.configured()
