@@ -123,6 +123,16 @@ def _unset_if_empty(value: str | None) -> str | None:
     return value if value and value.strip() else None
 
 
+def _scorecard(run_key: str) -> dict[str, str]:
+    """Where the run's scorecard is attached (after restore) when it has an MLflow evidence run: an Argo
+    step's ``result`` output, the CLI's JSON."""
+    from mlchaos_steps.gate.reporting import scorecard_uri
+    from mlchaos_steps.ledgers import default_ledger
+
+    uri = scorecard_uri(default_ledger().get(run_key))
+    return {"scorecard": uri} if uri else {}
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
     from mlchaos_steps.api import new_run_key, run_phase, run_stage
     from mlchaos_steps.stages import load_stages
@@ -143,7 +153,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
                 "reason": outcome.verdict.reason, "metrics": outcome.verdict.metrics,
                 "restored": outcome.restored, "restore_error": outcome.restore_error,
                 "journal": str(outcome.journal) if outcome.journal else None,
-                **({"plan": outcome.verdict.evidence} if args.dry_run else {}),
+                **({"plan": outcome.verdict.evidence} if args.dry_run else _scorecard(key)),
             })
             code = max(code, 0 if args.dry_run else outcome.exit_code)
         else:
@@ -152,7 +162,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
             entry: dict[str, Any] = {"run_key": key, "stage": stage.stage_id, "phase": args.phase,
                                      "trace_id": result.trace_id, "status": result.status, "output": result.output}
             if result.verdict:
-                entry.update(verdict=result.verdict.status, reason=result.verdict.reason)
+                entry.update(verdict=result.verdict.status, reason=result.verdict.reason, **_scorecard(key))
                 code = max(code, result.verdict.exit_code)
             results.append(entry)
     result = results if len(results) > 1 else results[0]

@@ -63,3 +63,20 @@ def test_bad_since_is_refused_with_exit_2(tmp_path: Path) -> None:
     proc = cli("report", "-o", str(tmp_path / "r.html"), "--since", "a fortnight")
     assert proc.returncode == 2 and "--since" in proc.stderr, proc.stderr
     assert not (tmp_path / "r.html").exists()
+
+
+def test_the_scorecard_is_attached_to_the_evidence_run(store: Path, tmp_path: Path,
+                                                        two_versions: tuple[str, str, str]) -> None:
+    """Every front door finds it beside the journal: the CLI's JSON (an Argo step's `result`) says where."""
+    import mlflow
+    from conftest import mlchaos_json, write_stage
+
+    name, version, _ = two_versions
+    stage_file = write_stage(tmp_path / "wipe.yaml", wipe_doc(store))
+    code, out = mlchaos_json("run", str(stage_file), "--run-key", "attached", "--model", name, "--version", version)
+    assert code == 0, out
+    uri = out["scorecard"]
+    assert re.fullmatch(r"runs:/[0-9a-f]+/scorecard\.html", uri), uri
+    local = mlflow.artifacts.download_artifacts(uri, dst_path=str(tmp_path / "dl"))
+    page = Path(local).read_text()
+    assert f"{name} version {version} — score 100.0" in page and "attached" in page

@@ -7,6 +7,7 @@ tags and the order they are written in.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,8 @@ from mlchaos_steps.core.records import TRACE, Execution, ModelRef
 from mlchaos_steps.core.spec import StageSpec
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.gate import verdicts
+
+log = logging.getLogger("mlchaos")
 
 
 class MlflowReporter:
@@ -44,9 +47,34 @@ class MlflowReporter:
             verdicts.record_restore(target, execution.stage_id, execution.run_key, restored, execution.verdict)
         if execution.evidence_run_id:
             verdicts.upload_journal(execution.evidence_run_id, journal)
+            _upload_scorecard(execution, journal.parent / SCORECARD)
 
     def phase_ended(self, execution: Execution, phase: str, record: dict[str, Any]) -> None:
         return None  # MLflow hears of verdicts and restores, not of every phase
+
+
+SCORECARD = "scorecard.html"
+
+
+def scorecard_uri(execution: Execution | None) -> str | None:
+    """Where the scorecard of the execution's model is, once it restored: an artifact of its evidence run."""
+    run_id = execution.evidence_run_id if execution else None
+    return f"runs:/{run_id}/{SCORECARD}" if run_id else None
+
+
+def _upload_scorecard(execution: Execution, path: Path) -> None:
+    """The scorecard of the execution's model (its last 30 days), beside the journal in the evidence run:
+    every front door (CLI, Airflow, Argo) finds it there. Never fails the restore: logged and left."""
+    from mlchaos_steps.config import home
+    from mlchaos_steps.ledgers import default_ledger
+    from mlchaos_steps.telemetry.scorecard import write_report
+
+    target = execution.verdict_target
+    try:
+        write_report(default_ledger(), path, home(), target.name if target else None, since_s=30 * 86400)
+        verdicts.upload_journal(str(execution.evidence_run_id), path)
+    except Exception as exc:
+        log.warning("could not attach the scorecard to run %s: %s", execution.run_key, exc)
 
 
 def _trace_id(execution: Execution | None) -> str | None:

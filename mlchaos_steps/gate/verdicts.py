@@ -115,7 +115,7 @@ def finish_execution(run_id: str, verdict: Verdict) -> None:
 
 
 def upload_journal(run_id: str, journal: Path) -> None:
-    """Replace the journal artifact with its final version (after restore)."""
+    """Replace an artifact (the journal, the scorecard) with its final version (after restore)."""
     if journal.exists():
         client().log_artifact(run_id, str(journal))
 
