@@ -46,13 +46,20 @@ PUSHGATEWAY := build/bin/pushgateway
 # Debian's Chromium renders the scorecard headless in the tests.
 CHROMIUM := /usr/bin/chromium
 TELEMETRY := $(OTELCOL) $(PROMETHEUS) $(PROMTOOL) $(PUSHGATEWAY) $(CHROMIUM)
+# The fault proxy in front of dependencies (toxiproxy, from its Go module: pin the version, the module
+# proxy's "latest" is years old) and the example's online feature store (Debian's Redis).
+TOXIPROXY_MODULE := github.com/Shopify/toxiproxy/v2
+TOXIPROXY_VERSION := v2.12.0
+TOXIPROXY := build/bin/toxiproxy-server
+REDIS := /usr/bin/redis-server
+STREAMING := $(TOXIPROXY) $(REDIS)
 
 # Tests run side by side in 6 processes (pytest-xdist, idle workers steal queued tests): most of them
 # wait on servers, recoveries and SLO windows, so 6 workers keep 2 cores busy. TEST_WORKERS=0 runs
 # them in this process, one by one.
 TEST_WORKERS ?= 6
 
-test: setup $(ARGO) $(CONTROLPLANE) $(ROLLOUTS_CRD) $(ROLLOUTS_CONTROLLER) $(TELEMETRY)
+test: setup $(ARGO) $(CONTROLPLANE) $(ROLLOUTS_CRD) $(ROLLOUTS_CONTROLLER) $(TELEMETRY) $(STREAMING)
 	ARGO_BIN=$(CURDIR)/$(ARGO) $(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist worksteal $(PYTEST_ARGS)
 
 $(ARGO):
@@ -96,6 +103,19 @@ $(PROMETHEUS) $(PROMTOOL) &:
 
 $(CHROMIUM):
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+$(REDIS):
+	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server
+
+$(TOXIPROXY):
+	go mod download $(TOXIPROXY_MODULE)@$(TOXIPROXY_VERSION)
+	rm -rf build/toxiproxy-src && mkdir -p build/bin
+	cp -r "$$(go mod download -json $(TOXIPROXY_MODULE)@$(TOXIPROXY_VERSION) | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",*$$/\1/p')" \
+		build/toxiproxy-src
+	chmod -R u+w build/toxiproxy-src
+	cd build/toxiproxy-src && GOWORK=off CGO_ENABLED=0 go build -buildvcs=false -trimpath \
+		-ldflags "-s -w -X $(TOXIPROXY_MODULE).Version=$(TOXIPROXY_VERSION)" -o $(CURDIR)/$(TOXIPROXY) ./cmd/server
+	rm -rf build/toxiproxy-src
 
 $(PUSHGATEWAY):
 	go mod download $(PUSHGATEWAY_MODULE)@$(PUSHGATEWAY_VERSION)

@@ -27,6 +27,7 @@ class Sample:
     latency_ms: float
     detail: str  # status code or error class
     backend: str = ""  # which backend a router sent it to (x-mlchaos-backend), when it says
+    fallback: bool = False  # the answer said it came from a fallback (a header the stage names)
 
 
 _client: httpx.Client | None = None
@@ -58,10 +59,12 @@ def http_request(url: str, timeout_s: float, method: str = "GET", body: bytes | 
     return response.status_code, response.content, {k.lower(): v for k, v in response.headers.items()}
 
 
-def sample_once(url: str, timeout_s: float, expect_status: int | None = None, body: bytes | None = None) -> Sample:
-    """One request (POST with JSON when ``body`` is given) on a fresh connection."""
+def sample_once(url: str, timeout_s: float, expect_status: int | None = None, body: bytes | None = None,
+                fallback_header: str | None = None) -> Sample:
+    """One request (POST with JSON when ``body`` is given) on a fresh connection. ``fallback_header``: the
+    header whose value 1/true/yes marks an answer served from a fallback."""
     started, t0 = time.time(), time.perf_counter()
-    backend = ""
+    backend, fallback = "", False
     try:
         if body is None:
             status, _, headers = http_request(url, timeout_s)
@@ -69,9 +72,11 @@ def sample_once(url: str, timeout_s: float, expect_status: int | None = None, bo
             status, _, headers = http_request(url, timeout_s, "POST", body, {"Content-Type": "application/json"})
         ok = status == expect_status if expect_status else 200 <= status < 400
         detail, backend = str(status), headers.get("x-mlchaos-backend", "").strip().lower()
+        if fallback_header:
+            fallback = headers.get(fallback_header.lower(), "").strip().lower() in ("1", "true", "yes")
     except NETWORK_ERRORS as exc:
         ok, detail = False, type(exc.__cause__ or exc).__name__
-    return Sample(started, ok, (time.perf_counter() - t0) * 1000, detail, backend)
+    return Sample(started, ok, (time.perf_counter() - t0) * 1000, detail, backend, fallback)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -136,9 +141,9 @@ class HttpSampler:
     """
 
     def __init__(self, url: str, interval_s: float = 0.05, timeout_s: float = 2.0, expect_status: int | None = None,
-                 body: bytes | None = None, clients: int = 1):
+                 body: bytes | None = None, clients: int = 1, fallback_header: str | None = None):
         self.url, self.interval_s, self.timeout_s, self.expect_status = url, interval_s, timeout_s, expect_status
-        self.body = body
+        self.body, self.fallback_header = body, fallback_header
         self.samples: list[Sample] = []
         self._inflight: dict[str, float] = {}  # thread name -> wall-clock start of its unanswered request
         self._stop = threading.Event()
@@ -151,7 +156,7 @@ class HttpSampler:
         while not self._stop.is_set():
             started = time.perf_counter()
             self._inflight[name] = time.time()
-            sample = sample_once(self.url, self.timeout_s, self.expect_status, self.body)
+            sample = sample_once(self.url, self.timeout_s, self.expect_status, self.body, self.fallback_header)
             self.samples.append(sample)
             self._inflight.pop(name, None)
             self._stop.wait(max(0.0, self.interval_s - (time.perf_counter() - started)))

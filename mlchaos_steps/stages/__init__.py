@@ -29,6 +29,7 @@ STAGE_KINDS: dict[str, str] = {
     "CanaryFailure": "mlchaos_steps.stages.canary_failure:CanaryFailure",
     "DataCorruption": "mlchaos_steps.stages.data_corruption:DataCorruption",
     "FeatureDrift": "mlchaos_steps.stages.feature_drift:FeatureDrift",
+    "DependencyLatency": "mlchaos_steps.stages.dependency_latency:DependencyLatency",
 }
 
 API_VERSIONS = ("mlchaos.io/v1alpha1",)
