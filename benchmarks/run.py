@@ -822,7 +822,14 @@ def report_1000() -> dict[str, Any]:
     return measure(REPEATS)
 
 
+def toxiproxy_latency() -> dict[str, Any]:
+    from streams_bench import toxiproxy_latency as measure
+
+    return measure(REPEATS)
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "toxiproxy_latency": toxiproxy_latency,
     "telemetry_phases": telemetry_phases,
     "telemetry_process": telemetry_process,
     "report_1000": report_1000,
