@@ -52,7 +52,9 @@ TOXIPROXY_MODULE := github.com/Shopify/toxiproxy/v2
 TOXIPROXY_VERSION := v2.12.0
 TOXIPROXY := build/bin/toxiproxy-server
 REDIS := /usr/bin/redis-server
-STREAMING := $(TOXIPROXY) $(REDIS)
+# Apache Kafka 4.4 (KRaft) for the streaming example: its jars resolved from Maven Central once (tools/kafka/pom.xml).
+KAFKA_JARS := build/kafka/.jars
+STREAMING := $(TOXIPROXY) $(REDIS) $(KAFKA_JARS)
 
 # Tests run side by side in 6 processes (pytest-xdist, idle workers steal queued tests): most of them
 # wait on servers, recoveries and SLO windows, so 6 workers keep 2 cores busy. TEST_WORKERS=0 runs
@@ -103,6 +105,12 @@ $(PROMETHEUS) $(PROMTOOL) &:
 
 $(CHROMIUM):
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium
+
+$(KAFKA_JARS): tools/kafka/pom.xml
+	rm -rf build/kafka/jars && mkdir -p build/kafka
+	mvn -q -B -f tools/kafka/pom.xml dependency:copy-dependencies -DincludeScope=runtime \
+		-DoutputDirectory=$(CURDIR)/build/kafka/jars
+	touch $@
 
 $(REDIS):
 	apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends redis-server

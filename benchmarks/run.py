@@ -828,7 +828,14 @@ def toxiproxy_latency() -> dict[str, Any]:
     return measure(REPEATS)
 
 
+def kafka_start() -> dict[str, Any]:
+    from streams_bench import kafka_start as measure
+
+    return measure(min(REPEATS, 3))
+
+
 BENCHMARKS: dict[str, Callable[[], dict[str, Any]]] = {
+    "kafka_start": kafka_start,
     "toxiproxy_latency": toxiproxy_latency,
     "telemetry_phases": telemetry_phases,
     "telemetry_process": telemetry_process,

@@ -80,3 +80,53 @@ def toxiproxy_latency(repeats: int) -> dict[str, Any]:
                                 "p50_off_by_percent": round(abs(p50_delayed - 200) / 2, 2)},
         "target_off_by_percent_max": 5.0,
     }
+
+
+def kafka_start(repeats: int) -> dict[str, Any]:
+    """Three KRaft nodes from cold (format included) until a replication-factor-3 topic exists and one record
+    has gone through a proxy and back (produced with acks=all, consumed)."""
+    import logging
+
+    from confluent_kafka import Consumer, Producer
+    from confluent_kafka.admin import AdminClient, NewTopic
+
+    from mlchaos_steps.examples import dependencies, streaming
+    from mlchaos_steps.targets.toxiproxy import Toxiproxy
+
+    quiet = logging.getLogger("mlchaos.bench-kafka")
+    quiet.addHandler(logging.NullHandler())
+    quiet.propagate = False
+    up, round_trip = [], []
+    for i in range(repeats):
+        root = Path(tempfile.mkdtemp(prefix="mlchaos-bench-kafka-"))
+        proxy = dependencies.start_toxiproxy(ROOT / "build/bin/toxiproxy-server", root / "toxiproxy")
+        try:
+            t0 = time.perf_counter()
+            cluster = streaming.start_kafka(ROOT / "build/kafka/jars", root / "kafka", Toxiproxy(proxy.url))
+            try:
+                up.append(time.perf_counter() - t0)
+                admin = AdminClient({"bootstrap.servers": cluster.bootstrap, "logger": quiet})
+                for future in admin.create_topics([NewTopic("t", 3, 3)]).values():
+                    future.result(60)
+                producer = Producer({"bootstrap.servers": cluster.bootstrap, "acks": "all", "logger": quiet})
+                producer.produce("t", b"hello", partition=0)
+                producer.flush(60)
+                consumer = Consumer({"bootstrap.servers": cluster.bootstrap, "group.id": f"g{i}", "logger": quiet,
+                                     "auto.offset.reset": "earliest"})
+                consumer.subscribe(["t"])
+                while (message := consumer.poll(1.0)) is None or message.error() is not None:
+                    pass
+                round_trip.append(time.perf_counter() - t0)
+                consumer.close()
+            finally:
+                cluster.stop()
+        finally:
+            proxy.stop()
+    return {"what": "examples.streaming.start_kafka (3 KRaft nodes formatted and started, every broker answering "
+                    "metadata through its proxy), then until a record went round a replication-factor-3 topic",
+            "brokers_up_seconds": {"median": round(statistics.median(up), 2), "min": round(min(up), 2),
+                                   "max": round(max(up), 2), "n": len(up)},
+            "record_round_trip_seconds": {"median": round(statistics.median(round_trip), 2),
+                                          "min": round(min(round_trip), 2), "max": round(max(round_trip), 2),
+                                          "n": len(round_trip)},
+            "target_seconds_max": 30}

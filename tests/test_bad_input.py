@@ -167,7 +167,8 @@ def test_schema_command_prints_every_kind() -> None:
     assert proc.returncode == 0
     schema = json.loads(proc.stdout)
     assert {v["title"] for v in schema["oneOf"]} == {"CheckpointWipe", "PodDelete", "RegistryArtifactRemoval",
-                                                      "CanaryFailure", "DataCorruption", "FeatureDrift", "DependencyLatency"}
+                                                      "CanaryFailure", "DataCorruption", "FeatureDrift",
+                                                      "DependencyLatency"}
     assert schema == json.loads(json.dumps(stage_schema()))
 
 
