@@ -6,6 +6,7 @@ also after a crash."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,11 +14,14 @@ from typing import Any
 
 import pytest
 from conftest import ROOT, cli, write_stage
+from prometheus_client import generate_latest
 
 from mlchaos_steps.api import run_stage
 from mlchaos_steps.examples import dependencies
+from mlchaos_steps.ledgers import SqliteLedger
 from mlchaos_steps.stages import parse_stage
 from mlchaos_steps.targets.toxiproxy import Toxiproxy
+from mlchaos_steps.telemetry import metrics
 
 ENTITY = {"entity": "e1"}
 
@@ -68,6 +72,9 @@ def test_a_service_that_falls_back_and_comes_back_passes(store_behind_proxy: dic
     outcome = _run(store_behind_proxy, "healthy", fault, f"healthy-{fault['kind']}")
     assert outcome.verdict.status == "passed", outcome.verdict
     assert outcome.verdict.metrics["fallback_share"] > 0  # the fault reached the store: answers said so
+    exposed = generate_latest(metrics.stage_registry(SqliteLedger(), "dependency-latency")).decode()
+    shares = re.findall(r'^mlchaos_fallback_ratio\{[^}]*stage="dependency-latency"[^}]*\} (\S+)$', exposed, re.M)
+    assert shares and float(shares[0]) == outcome.verdict.metrics["fallback_share"], exposed
 
 
 @pytest.mark.heavy(12)

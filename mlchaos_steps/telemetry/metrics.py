@@ -14,6 +14,7 @@ metric                                    type     labels
 ``mlchaos_recovery_seconds``              gauge    stage, model, pipeline (last finished execution)
 ``mlchaos_lost_steps``                    gauge    stage, model, pipeline
 ``mlchaos_availability_ratio``            gauge    stage, model, pipeline
+``mlchaos_fallback_ratio``                gauge    stage, model, pipeline (dependency-latency)
 ``mlchaos_last_run_timestamp_seconds``    gauge    stage, model, pipeline
 ``mlchaos_gate_decisions_total``          counter  model, decision
 ========================================  =======  ====================================================
@@ -47,6 +48,7 @@ GAUGES = {  # metric -> (the verdict metric it reports, help)
     "mlchaos_recovery_seconds": ("recovery_seconds", "Seconds the target took to recover, last finished run."),
     "mlchaos_lost_steps": ("lost_steps", "Training steps lost to the fault, last finished run."),
     "mlchaos_availability_ratio": ("availability", "Share of probe requests answered during the fault (0-1)."),
+    "mlchaos_fallback_ratio": ("fallback_share", "Share of answers served from a fallback during the fault (0-1)."),
 }
 FINISHED = (ExecutionStatus.RESTORED, ExecutionStatus.RESTORE_FAILED)
 _warned = False
