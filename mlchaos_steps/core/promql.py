@@ -20,9 +20,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field
 
-from mlchaos_steps.core.strict import StrictModel
+from mlchaos_steps.core.strict import HttpUrlText, StrictModel
 
 OPS = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge, "==": operator.eq,
        "!=": operator.ne}
@@ -34,7 +34,7 @@ class PromQLError(Exception):
 
 
 class PromQLProbe(StrictModel):
-    url: str = Field(description="Prometheus' base URL, e.g. http://prometheus:9090")
+    url: HttpUrlText = Field(description="Prometheus' base URL, e.g. http://prometheus:9090")
     query: str = Field(min_length=1, description="PromQL; every series it returns is checked")
     op: Literal["<", "<=", ">", ">=", "==", "!="] = Field(description="each sample must satisfy `value op threshold`")
     threshold: float
@@ -47,12 +47,6 @@ class PromQLProbe(StrictModel):
     ca_file: str | None = Field(default=None, description="CA bundle for https")
     insecure_skip_verify: bool = False
 
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
     def describe(self) -> str:
         return f"{self.query} {self.op} {self.threshold:g}"
@@ -64,7 +58,7 @@ class PromQLProbe(StrictModel):
         headers = {"Authorization": f"Bearer {self.bearer_token}"} if self.bearer_token else {}
         verify: Any = False if self.insecure_skip_verify else (self.ca_file or True)
         try:
-            response = httpx.get(f"{self.url}/api/v1/query_range", headers=headers, timeout=self.timeout_s,
+            response = httpx.get(f"{self.url.rstrip('/')}/api/v1/query_range", headers=headers, timeout=self.timeout_s,
                                  verify=verify, params={"query": self.query, "start": f"{start:.3f}",
                                                         "end": f"{end:.3f}", "step": f"{self.step_s:g}"})
             answer = response.json()

@@ -38,6 +38,7 @@ from mlchaos_steps.core.probes import HttpSampler, Sample, http_request, summari
 from mlchaos_steps.core.processes import run_command
 from mlchaos_steps.core.records import Action, ActionState
 from mlchaos_steps.core.spec import StageSpec, StrictModel
+from mlchaos_steps.core.strict import HttpUrlText
 from mlchaos_steps.core.verdict import Verdict
 from mlchaos_steps.errors import InfrastructureError
 from mlchaos_steps.stages.parts import argument_list
@@ -48,15 +49,8 @@ POLL_S = 0.05
 
 
 class ProxyRef(StrictModel):
-    api: str = Field(description="toxiproxy's HTTP API, e.g. http://127.0.0.1:8474")
+    api: HttpUrlText = Field(description="toxiproxy's HTTP API, e.g. http://127.0.0.1:8474")
     name: str = Field(min_length=1, description="the proxy in front of the dependency (it must exist)")
-
-    @field_validator("api")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value.rstrip("/")
 
 
 class Fault(StrictModel):
@@ -76,18 +70,11 @@ class Fault(StrictModel):
 
 
 class Traffic(StrictModel):
-    url: str = Field(description="the service endpoint the stage sends requests to")
+    url: HttpUrlText = Field(description="the service endpoint the stage sends requests to")
     body: dict[str, Any] | None = Field(default=None, description="POSTed as JSON; none: GET")
     interval_ms: float = Field(default=50, gt=0, le=10_000)
     clients: int = Field(default=2, ge=1, le=32)
     timeout_s: float = Field(default=2.0, gt=0, le=60)
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
 
 
 class Canary(StrictModel):
@@ -128,7 +115,7 @@ class DependencyLatency(StageSpec):
         return f"{self.fault.kind} on {self.proxy.name} for {self.duration_s:g}s"
 
     def _proxies(self) -> Toxiproxy:
-        return Toxiproxy(self.proxy.api)
+        return Toxiproxy(self.proxy.api.rstrip('/'))
 
     def _sampler(self, body: dict[str, Any] | None = None) -> HttpSampler:
         payload = json.dumps(body if body is not None else self.traffic.body).encode() \

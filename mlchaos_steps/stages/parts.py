@@ -20,6 +20,7 @@ from pydantic import Field, field_validator, model_validator
 
 from mlchaos_steps.core.promql import StageProbe
 from mlchaos_steps.core.spec import StrictModel
+from mlchaos_steps.core.strict import HttpUrlText
 from mlchaos_steps.errors import SpecError
 
 # Variables every process on a machine has: a selector on them matches unrelated processes.
@@ -70,19 +71,12 @@ class ProcessSelector(StrictModel):
 
 
 class HttpProbe(StrictModel):
-    url: str = Field(description="sampled continuously while the fault is in place")
+    url: HttpUrlText = Field(description="sampled continuously while the fault is in place")
     min_success_ratio: float = Field(default=0.95, ge=0, le=1)
     max_p99_ms: float | None = Field(default=None, gt=0, description="optional latency bound during the fault")
     interval_ms: float = Field(default=20, gt=0, le=10_000)
     timeout_s: float = Field(default=2.0, gt=0)
     expect_status: int | None = Field(default=None, description="default: any 2xx or 3xx")
-
-    @field_validator("url")
-    @classmethod
-    def _http(cls, value: str) -> str:
-        if not value.startswith(("http://", "https://")):
-            raise ValueError("must start with http:// or https://")
-        return value
 
 
 class Probe(StageProbe):
