@@ -119,3 +119,31 @@ def test_bad_dependency_latency_specs_are_refused(store_behind_proxy: dict[str, 
     proc = cli("run", str(write_stage(tmp_path / "bad2.yaml", doc)))
     assert proc.returncode == 2 and "spec.fault.kind" in proc.stderr, proc.stderr
     assert Toxiproxy(env["api"]).toxics("feature-store") == []
+
+
+def test_the_kill_switch_stops_the_fault_and_restores(store_behind_proxy: dict[str, Any], tmp_path: Path,
+                                                      mlchaos_home: Path) -> None:
+    import time
+
+    from conftest import BIN
+
+    env = store_behind_proxy
+    server = dependencies.start_feature_server(env["store_url"], "healthy", tmp_path / "server")
+    try:
+        stage_file = write_stage(tmp_path / "dep.yaml", _doc(env, server.url, {"kind": "latency"}, duration_s=60))
+        proc = subprocess.Popen([str(BIN / "mlchaos"), "run", str(stage_file), "--run-key", "stopped"],
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proxies = Toxiproxy(env["api"])
+        deadline = time.monotonic() + 60
+        while not proxies.toxics("feature-store") and time.monotonic() < deadline:
+            assert proc.poll() is None, proc.communicate()
+            time.sleep(0.05)
+        (mlchaos_home / "STOP").touch()
+        _, stderr = proc.communicate(timeout=60)
+    finally:
+        server.stop()
+    assert proc.returncode == 3, stderr
+    assert proxies.toxics("feature-store") == []
+    execution = SqliteLedger().get("stopped")
+    assert execution is not None and execution.verdict == "inconclusive"
+    assert "kill switch" in execution.verdict_detail["reason"]  # type: ignore[index]

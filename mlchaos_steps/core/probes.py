@@ -181,5 +181,8 @@ class HttpSampler:
     def __enter__(self) -> HttpSampler:
         return self.start()
 
-    def __exit__(self, *exc: object) -> None:
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        if exc_type is not None:  # stopping (the kill switch, an error): never wait for requests in flight
+            self._stop.set()
+            return
         self.stop()
