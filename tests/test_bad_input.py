@@ -168,7 +168,7 @@ def test_schema_command_prints_every_kind() -> None:
     schema = json.loads(proc.stdout)
     assert {v["title"] for v in schema["oneOf"]} == {"CheckpointWipe", "PodDelete", "RegistryArtifactRemoval",
                                                       "CanaryFailure", "DataCorruption", "FeatureDrift",
-                                                      "DependencyLatency"}
+                                                      "DependencyLatency", "StreamDelay"}
     assert schema == json.loads(json.dumps(stage_schema()))
 
 

@@ -30,6 +30,7 @@ STAGE_KINDS: dict[str, str] = {
     "DataCorruption": "mlchaos_steps.stages.data_corruption:DataCorruption",
     "FeatureDrift": "mlchaos_steps.stages.feature_drift:FeatureDrift",
     "DependencyLatency": "mlchaos_steps.stages.dependency_latency:DependencyLatency",
+    "StreamDelay": "mlchaos_steps.stages.stream_delay:StreamDelay",
 }
 
 API_VERSIONS = ("mlchaos.io/v1alpha1",)
