@@ -164,7 +164,7 @@ demo: setup
 demo-broken: setup
 	$(BIN)/mlchaos demo --broken
 
-bench: setup
+bench: setup $(CONTROLPLANE) $(TELEMETRY) $(STREAMING)
 	$(BIN)/python benchmarks/run.py
 
 lint: setup
