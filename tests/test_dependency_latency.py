@@ -48,7 +48,8 @@ def _doc(env: dict[str, Any], server_url: str, fault: dict[str, Any], **spec: An
         "canary": {"write": dependencies.redis_cli(env["redis_port"], "HSET", "features:mlchaos-canary",
                                                    "canary", "{canary}"),
                    "request": {"entity": "mlchaos-canary"}, "timeout_s": 3},
-        "min_success_ratio": 0.95, "latency_slo_ms": 250, "recovery_slo_s": 3, "stable_s": 1, "steady_s": 1,
+        # an SLO with room for a loaded 2-core machine: the healthy server answers in ~0.1 s (its store time-out)
+        "min_success_ratio": 0.95, "latency_slo_ms": 400, "recovery_slo_s": 3, "stable_s": 1, "steady_s": 1,
         **spec}}
 
 
@@ -79,7 +80,7 @@ def test_a_service_that_falls_back_and_comes_back_passes(store_behind_proxy: dic
 
 @pytest.mark.heavy(12)
 @pytest.mark.parametrize(("mode", "fault", "says"), [
-    ("no-timeout", {"kind": "latency", "latency_ms": 400}, "p99"),
+    ("no-timeout", {"kind": "latency", "latency_ms": 900}, "p99"),
     ("no-timeout", {"kind": "timeout"}, "availability"),
     ("fallback-errors", {"kind": "down"}, "availability"),
     ("sticky-fallback", {"kind": "latency", "latency_ms": 400}, "not back to normal"),
