@@ -301,8 +301,10 @@ def telemetry_binary(name: str) -> Path:
 
 
 @pytest.fixture(scope="session")
-def telemetry_backends(tmp_path_factory: pytest.TempPathFactory) -> TelemetryBackends:
-    """Started once for the whole run (the first worker to need them), stopped by the controller."""
+def telemetry_backends(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> Iterator[TelemetryBackends]:
+    """Started once for the whole run (the first worker to need them), stopped by the controller; without
+    workers, by this fixture."""
+    from mlchaos_steps.core.processes import stop_process_group
     from mlchaos_steps.examples import observability
 
     def start(root: Path) -> dict[str, Any]:
@@ -315,10 +317,16 @@ def telemetry_backends(tmp_path_factory: pytest.TempPathFactory) -> TelemetryBac
                 "prometheus": prometheus.port,
                 "pids": [collector.process.pid, gateway.process.pid, prometheus.process.pid]}
 
-    info = _started_once(tmp_path_factory, SHARED_TELEMETRY_FILE, start)
+    if worker_id == "master":
+        info = start(tmp_path_factory.mktemp("telemetry"))
+    else:
+        info = _started_once(tmp_path_factory, SHARED_TELEMETRY_FILE, start)
     port, out = info["collector"]
     collector = observability.Collector(port, None, Path(out))  # type: ignore[arg-type]
-    return TelemetryBackends(collector, info["pushgateway"], observability.Prometheus(info["prometheus"], None))  # type: ignore[arg-type]
+    yield TelemetryBackends(collector, info["pushgateway"], observability.Prometheus(info["prometheus"], None))  # type: ignore[arg-type]
+    if worker_id == "master":
+        for pid in info["pids"]:
+            stop_process_group(pid, grace_s=2)
 
 
 @pytest.fixture(scope="session")
