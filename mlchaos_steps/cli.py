@@ -273,10 +273,10 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from mlchaos_steps.telemetry import scorecard
 
     since_s = scorecard.parse_since(args.since)
-    count = scorecard.write_report(default_ledger(), Path(args.output), home(), args.model, since_s)
+    found = scorecard.write_report(default_ledger(), Path(args.output), home(), args.model, since_s)
     if args.junit:
-        Path(args.junit).write_text(scorecard.junit_xml(scorecard.runs(default_ledger(), args.model, since_s)))
-    print(f"mlchaos: {count} run(s) -> {args.output}" + (f" and {args.junit}" if args.junit else ""))
+        Path(args.junit).write_text(scorecard.junit_xml(found))
+    print(f"mlchaos: {len(found)} run(s) -> {args.output}" + (f" and {args.junit}" if args.junit else ""))
     return 0
 
 

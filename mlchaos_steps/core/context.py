@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,6 +89,14 @@ class PhaseContext:
         action = self.ledger.plan_action(self.run_key, kind, target, undo)
         yield action
         self.ledger.mark_action(action, ActionState.APPLIED, undo=action.undo)
+
+    def undo_now(self, undo: Callable[[Action], Any]) -> None:
+        """End a fault that lasts a set time, inside verify: every action not yet undone is undone with
+        ``undo`` (the stage's ``restore_action``) and marked so, so restore finds nothing left."""
+        for action in self.ledger.actions(self.run_key):
+            if action.state in (ActionState.PLANNED, ActionState.APPLIED):
+                undo(action)
+                self.ledger.mark_action(action, ActionState.UNDONE)
 
     @contextmanager
     def destructive_batch(self, kind: str, items: list[tuple[str, dict[str, Any]]]) -> Iterator[list[Action]]:

@@ -36,7 +36,7 @@ from pydantic import Field, field_validator
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch
 from mlchaos_steps.core.probes import HttpSampler, Sample, http_request, summarize
 from mlchaos_steps.core.processes import run_command
-from mlchaos_steps.core.records import Action, ActionState
+from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.core.strict import HttpUrlText
 from mlchaos_steps.core.verdict import Verdict
@@ -174,7 +174,7 @@ class DependencyLatency(StageSpec):
         with self._sampler() as sampler:
             _sleep_checking(max(0.0, fault_ends - time.time()))
             ended_at = time.time()
-            self._end_fault(ctx)
+            ctx.undo_now(lambda action: self.restore_action(action, ctx))  # the fault lasts duration_s
             deadline = ended_at + self.recovery_slo_s + self.stable_s
             recovered_at = _wait_recovered(sampler, ended_at, self.stable_s, deadline)
         samples = sampler.stop()
@@ -194,13 +194,6 @@ class DependencyLatency(StageSpec):
         return {"proxy": undo["proxy"], "toxic": undo["toxic"], "removed": removed}
 
     # -- helpers ----------------------------------------------------------------------------------
-    def _end_fault(self, ctx: PhaseContext) -> None:
-        """The fault lasts ``duration_s``: undone here, through the ledger (restore finds nothing left)."""
-        for action in ctx.ledger.actions(ctx.run_key):
-            if action.state in (ActionState.PLANNED, ActionState.APPLIED):
-                self.restore_action(action, ctx)
-                ctx.ledger.mark_action(action, ActionState.UNDONE)
-
     def _canary_seen(self, deadline: float) -> float | None:
         """Write a fresh canary value into the dependency; seconds until an answer carries it (None: never)."""
         assert self.canary is not None

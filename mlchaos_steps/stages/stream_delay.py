@@ -33,7 +33,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import Field
 
 from mlchaos_steps.core.context import PhaseContext, check_kill_switch
-from mlchaos_steps.core.records import Action, ActionState
+from mlchaos_steps.core.records import Action
 from mlchaos_steps.core.spec import StageSpec, StrictModel
 from mlchaos_steps.core.strict import HttpUrlText
 from mlchaos_steps.core.verdict import Verdict
@@ -146,7 +146,7 @@ class StreamDelay(StageSpec):
                 watch.send_round(partitions)
                 watch.sleep(self.canary_interval_ms / 1000)
             ended_at = time.time()
-            _undo_toxics(ctx)
+            ctx.undo_now(lambda action: self.restore_action(action, ctx))  # the fault lasts duration_s
             fresh_from = ended_at + self.freshness_slo_s
             while time.time() < fresh_from + self.stable_s:
                 watch.send_round(partitions)
@@ -352,11 +352,3 @@ def _count_keys(bootstrap: str, topic: str, start: dict[int, int], prefix: str) 
             remaining.discard(message.partition())
     consumer.close()
     return counts
-
-
-def _undo_toxics(ctx: PhaseContext) -> None:
-    """The fault lasts ``duration_s``: its toxics are removed here, through the ledger."""
-    for action in ctx.ledger.actions(ctx.run_key):
-        if action.state in (ActionState.PLANNED, ActionState.APPLIED):
-            StreamDelay.restore_action(action, ctx)
-            ctx.ledger.mark_action(action, ActionState.UNDONE)

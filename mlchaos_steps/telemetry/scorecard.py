@@ -132,12 +132,12 @@ def timelines(evidence: dict[str, Any], prefix: str = "") -> list[tuple[str, lis
 
 
 def write_report(ledger: Ledger, path: Path, home: Path, model: str | None = None, since_s: float | None = None
-                 ) -> int:
-    """Write the scorecard of ``model`` (every model: None) to ``path``; returns how many runs it shows."""
+                 ) -> list[Run]:
+    """Write the scorecard of ``model`` (every model: None) to ``path``; returns the runs it shows."""
     found = runs(ledger, model, since_s)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render_html(found, gate_log(home)))
-    return len(found)
+    return found
 
 
 def render_html(found: list[Run], decisions: list[dict[str, Any]], title: str = "mlchaos resilience scorecard"
