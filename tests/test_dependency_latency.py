@@ -24,6 +24,9 @@ from mlchaos_steps.targets.toxiproxy import Toxiproxy
 from mlchaos_steps.telemetry import metrics
 
 ENTITY = {"entity": "e1"}
+# The example server's time-out on the store: above a loaded 2-core machine's Redis round trips (0.1 s fell
+# back now and then before any fault), below every fault's delay (400 ms latency, held, reset, down).
+STORE_TIMEOUT_S = 0.25
 
 
 @pytest.fixture
@@ -54,7 +57,8 @@ def _doc(env: dict[str, Any], server_url: str, fault: dict[str, Any], **spec: An
 
 
 def _run(env: dict[str, Any], mode: str, fault: dict[str, Any], key: str) -> Any:
-    server = dependencies.start_feature_server(env["store_url"], mode, env["root"] / f"server-{key}")
+    server = dependencies.start_feature_server(env["store_url"], mode, env["root"] / f"server-{key}",
+                                               timeout_s=STORE_TIMEOUT_S)
     try:
         outcome = run_stage(parse_stage(_doc(env, server.url, fault)), key)
     finally:
@@ -96,7 +100,8 @@ def test_broken_services_fail(store_behind_proxy: dict[str, Any], mode: str, fau
 def test_a_toxic_left_by_a_dead_run_is_removed_by_restore_orphaned(store_behind_proxy: dict[str, Any],
                                                                    tmp_path: Path) -> None:
     env = store_behind_proxy
-    server = dependencies.start_feature_server(env["store_url"], "healthy", tmp_path / "server")
+    server = dependencies.start_feature_server(env["store_url"], "healthy", tmp_path / "server",
+                                               timeout_s=STORE_TIMEOUT_S)
     try:
         stage_file = write_stage(tmp_path / "dep.yaml", _doc(env, server.url, {"kind": "latency"}))
         for phase in ("snapshot", "inject"):
@@ -129,7 +134,8 @@ def test_the_kill_switch_stops_the_fault_and_restores(store_behind_proxy: dict[s
     from conftest import BIN
 
     env = store_behind_proxy
-    server = dependencies.start_feature_server(env["store_url"], "healthy", tmp_path / "server")
+    server = dependencies.start_feature_server(env["store_url"], "healthy", tmp_path / "server",
+                                               timeout_s=STORE_TIMEOUT_S)
     try:
         stage_file = write_stage(tmp_path / "dep.yaml", _doc(env, server.url, {"kind": "latency"}, duration_s=60))
         proc = subprocess.Popen([str(BIN / "mlchaos"), "run", str(stage_file), "--run-key", "stopped"],
